@@ -1,0 +1,45 @@
+# One entry point for people and CI: every install step lives here.
+#   make run    set everything up and run the server on its embedded broker
+#   make test   set everything up and pass the tests (what .ci/run calls)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test test-pure lint setup system-deps bench clean annotate
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard _core/*.pyx _core/*.pxd)
+	$(BIN)/pip install --quiet -e '.[test,redis]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Programs the integration tests drive for real (redis-server; later nginx,
+# caddy, chromium). Installed from Debian's packages when missing.
+system-deps:
+	@sh scripts/system-deps.sh
+
+run: setup
+	$(BIN)/aiosrv serve
+
+lint: setup
+	$(BIN)/ruff check aiosrv tests
+	$(BIN)/mypy
+
+test: setup system-deps lint
+	AIOSRV_EXPECT_COMPILED=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	AIOSRV_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/core tests/protocol
+
+annotate: $(BIN)/python
+	AIOSRV_CYTHON_ANNOTATE=1 $(BIN)/pip install --quiet -e .
+	@echo "annotations: _core/*.html"
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info aiosrv/*.so _core/*.c _core/*.html

@@ -1,0 +1,412 @@
+# cython: language_level=3
+"""Compiled fan-out core, built as ``aiosrv._fanout_c``.
+
+Twin of ``aiosrv/_fanout_py.py``: same names, same behaviour, same bytes (the
+docstring there describes the design; ``tests/core`` checks the two agree).
+What changes here is where the time goes: the receiver loop, the limit check
+and the pending-list append run as C over typed attributes, with no Python
+attribute lookups or method calls per receiver. Frames are built with one
+allocation and a memcpy.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_SIZE
+from cpython.ref cimport PyObject
+from libc.string cimport memcpy
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+cdef enum:
+    _OPEN = 0
+    _OVERFLOWED = 1
+    _CLOSED = 2
+
+STATE_OPEN = _OPEN
+STATE_OVERFLOWED = _OVERFLOWED
+STATE_CLOSED = _CLOSED
+
+
+cpdef bytes encode_frame(bytes payload, int opcode=0x1):
+    """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
+
+    One allocation holds header and payload; the result is shared by every
+    receiver of the message.
+    """
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t hlen
+    cdef unsigned long long ln = <unsigned long long>n
+    if n < 126:
+        hlen = 2
+    elif n < 65536:
+        hlen = 4
+    else:
+        hlen = 10
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + n)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef int i
+    p[0] = 0x80 | (opcode & 0x0F)
+    if hlen == 2:
+        p[1] = <unsigned char>n
+    elif hlen == 4:
+        p[1] = 126
+        p[2] = <unsigned char>((n >> 8) & 0xFF)
+        p[3] = <unsigned char>(n & 0xFF)
+    else:
+        p[1] = 127
+        for i in range(8):
+            p[2 + i] = <unsigned char>((ln >> (56 - 8 * i)) & 0xFF)
+    if n:
+        memcpy(p + hlen, PyBytes_AS_STRING(payload), n)
+    return out
+
+
+def encode_close(int code, str reason=""):
+    """A close frame; ``reason`` is cut to the 123 bytes a control frame allows,
+    never inside a UTF-8 sequence."""
+    cdef bytes raw = reason.encode("utf-8")
+    if len(raw) > 123:
+        raw = raw[:123].decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(code.to_bytes(2, "big") + raw, OP_CLOSE)
+
+
+cdef class Subscriber:
+    """One connection as the core sees it: its filters and its bounded output."""
+
+    cdef public object conn_id
+    cdef public object transport
+    cdef public Py_ssize_t limit
+    cdef public object owner
+    cdef public double last_seen
+    cdef list _pending
+    cdef Py_ssize_t _pending_bytes
+    cdef Py_ssize_t _transport_buffered
+    cdef bint _dirty
+    cdef int _state
+    cdef dict _filters
+
+    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None):
+        self.conn_id = conn_id
+        self.transport = transport
+        self.limit = limit
+        self.owner = owner
+        self.last_seen = 0.0
+        self._pending = []
+        self._pending_bytes = 0
+        self._transport_buffered = 0
+        self._dirty = False
+        self._state = _OPEN
+        self._filters = {}
+
+    @property
+    def state(self):
+        return self._state
+
+    @property
+    def overflowed(self):
+        return self._state == _OVERFLOWED
+
+    @property
+    def closed(self):
+        return self._state != _OPEN
+
+    @property
+    def pending_bytes(self):
+        return self._pending_bytes
+
+    @property
+    def pending_frames(self):
+        return len(self._pending)
+
+    @property
+    def transport_buffered(self):
+        return self._transport_buffered
+
+    @property
+    def subscription_count(self):
+        return self._subscription_count()
+
+    cdef Py_ssize_t _subscription_count(self):
+        cdef Py_ssize_t n = 0
+        for ks in self._filters.values():
+            n += 1 if ks is None else len(<tuple>ks)
+        return n
+
+    def types(self):
+        return list(self._filters)
+
+    def filter_for(self, type_):
+        return self._filters.get(type_)
+
+    def is_subscribed(self, type_):
+        return type_ in self._filters
+
+    def __repr__(self):
+        return f"<Subscriber {self.conn_id} state={self._state} pending={self._pending_bytes}>"
+
+
+cdef class FanOut:
+    """The subscription index and write path shared by every connection."""
+
+    cdef dict _all
+    cdef dict _by_type
+    cdef dict _by_key
+    cdef list _dirty
+    cdef list _to_close
+    cdef public unsigned long long published
+    cdef public unsigned long long delivered
+    cdef public unsigned long long writes
+    cdef public unsigned long long overflows
+    cdef public unsigned long long dropped_bytes
+
+    def __init__(self):
+        self._all = {}
+        self._by_type = {}
+        self._by_key = {}
+        self._dirty = []
+        self._to_close = []
+        self.published = 0
+        self.delivered = 0
+        self.writes = 0
+        self.overflows = 0
+        self.dropped_bytes = 0
+
+    # -- registry ------------------------------------------------------------
+
+    def add(self, Subscriber sub):
+        self._all[sub] = None
+
+    def remove(self, Subscriber sub):
+        cdef Py_ssize_t count = sub._subscription_count()
+        for type_ in list(sub._filters):
+            self._unindex(sub, type_)
+        sub._filters.clear()
+        del sub._pending[:]
+        sub._pending_bytes = 0
+        if sub._state == _OPEN:
+            sub._state = _CLOSED
+        self._all.pop(sub, None)
+        return count
+
+    def subscribe(self, Subscriber sub, type_, keys=None):
+        cdef dict per_key
+        cdef dict subs
+        if type_ in sub._filters:
+            self._unindex(sub, type_)
+        if keys is None:
+            sub._filters[type_] = None
+            subs = self._by_type.get(type_)
+            if subs is None:
+                subs = {}
+                self._by_type[type_] = subs
+            subs[sub] = None
+        else:
+            wanted = tuple(dict.fromkeys(keys))
+            sub._filters[type_] = wanted
+            per_key = self._by_key.get(type_)
+            if per_key is None:
+                per_key = {}
+                self._by_key[type_] = per_key
+            for k in wanted:
+                subs = per_key.get(k)
+                if subs is None:
+                    subs = {}
+                    per_key[k] = subs
+                subs[sub] = None
+
+    def unsubscribe(self, Subscriber sub, type_):
+        if type_ not in sub._filters:
+            return False
+        self._unindex(sub, type_)
+        del sub._filters[type_]
+        return True
+
+    cdef _unindex(self, Subscriber sub, type_):
+        cdef dict subs
+        cdef dict per_key
+        keys = sub._filters[type_]
+        if keys is None:
+            subs = self._by_type.get(type_)
+            if subs is not None:
+                subs.pop(sub, None)
+                if not subs:
+                    del self._by_type[type_]
+        else:
+            per_key = self._by_key.get(type_)
+            if per_key is None:
+                return
+            for k in <tuple>keys:
+                subs = per_key.get(k)
+                if subs is not None:
+                    subs.pop(sub, None)
+                    if not subs:
+                        del per_key[k]
+            if not per_key:
+                del self._by_key[type_]
+
+    # -- fan-out -------------------------------------------------------------
+
+    def receivers(self, type_, key=None):
+        out = list(self._by_type.get(type_, ()))
+        if key is not None:
+            per_key = self._by_key.get(type_)
+            if per_key is not None:
+                out.extend(per_key.get(key, ()))
+        return out
+
+    cpdef Py_ssize_t publish(self, object type_, object key, bytes frame) except -1:
+        """Queue one framed message to every receiver; return how many got it."""
+        cdef Py_ssize_t n = 0
+        cdef PyObject* found
+        cdef dict subs
+        cdef dict per_key
+        self.published += 1
+        found = PyDict_GetItem(self._by_type, type_)
+        if found is not NULL:
+            subs = <dict>found
+            for sub in subs:
+                n += self._append(<Subscriber>sub, frame)
+        if key is not None:
+            found = PyDict_GetItem(self._by_key, type_)
+            if found is not NULL:
+                per_key = <dict>found
+                found = PyDict_GetItem(per_key, key)
+                if found is not NULL:
+                    subs = <dict>found
+                    for sub in subs:
+                        n += self._append(<Subscriber>sub, frame)
+        self.delivered += n
+        return n
+
+    def send(self, Subscriber sub, bytes frame):
+        return self._append(sub, frame) == 1
+
+    def send_all(self, bytes frame):
+        cdef Py_ssize_t n = 0
+        for sub in self._all:
+            n += self._append(<Subscriber>sub, frame)
+        return n
+
+    cdef inline int _append(self, Subscriber sub, bytes frame) except -1:
+        cdef Py_ssize_t size
+        if sub._state != _OPEN:
+            return 0
+        size = PyBytes_GET_SIZE(frame)
+        if (sub._pending_bytes + sub._transport_buffered + size > sub.limit
+                and (sub._pending_bytes or sub._transport_buffered)):
+            # Over the limit on the books: write what is pending now and ask the
+            # transport what the kernel really refused before judging.
+            self._write(sub)
+            if sub._state != _OPEN:
+                return 0
+            if sub._transport_buffered and sub._transport_buffered + size > sub.limit:
+                self._overflow(sub)
+                return 0
+        sub._pending.append(frame)
+        sub._pending_bytes += size
+        if not sub._dirty:
+            sub._dirty = True
+            self._dirty.append(sub)
+        return 1
+
+    cdef _overflow(self, Subscriber sub):
+        self.overflows += 1
+        self.dropped_bytes += sub._pending_bytes + sub._transport_buffered
+        del sub._pending[:]
+        sub._pending_bytes = 0
+        sub._state = _OVERFLOWED
+        self._to_close.append(sub)
+
+    cdef _write(self, Subscriber sub):
+        cdef list pending = sub._pending
+        cdef Py_ssize_t count = PyList_GET_SIZE(pending)
+        if count:
+            data = pending[0] if count == 1 else b"".join(pending)
+            sub._pending = []
+            sub._pending_bytes = 0
+            try:
+                sub.transport.write(data)
+                sub._transport_buffered = sub.transport.get_write_buffer_size()
+            except Exception:
+                sub._state = _CLOSED
+                self._to_close.append(sub)
+                return
+            self.writes += 1
+        else:
+            sub._transport_buffered = sub.transport.get_write_buffer_size()
+
+    def flush(self):
+        cdef list dirty = self._dirty
+        cdef Py_ssize_t n = 0
+        cdef Subscriber sub
+        if not dirty:
+            return 0
+        self._dirty = []
+        for obj in dirty:
+            sub = <Subscriber>obj
+            sub._dirty = False
+            if sub._state == _OPEN and PyList_GET_SIZE(sub._pending):
+                self._write(sub)
+                n += 1
+        return n
+
+    def take_to_close(self):
+        out = self._to_close
+        self._to_close = []
+        return out
+
+    def expired(self, double deadline):
+        cdef Subscriber sub
+        out = []
+        for obj in self._all:
+            sub = <Subscriber>obj
+            if sub._state == _OPEN and sub.last_seen < deadline:
+                out.append(sub)
+        return out
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def subscriber_count(self):
+        return len(self._all)
+
+    @property
+    def dirty_count(self):
+        return len(self._dirty)
+
+    def subscribers(self):
+        return list(self._all)
+
+    def subscription_count(self):
+        cdef Py_ssize_t n = 0
+        for sub in self._all:
+            n += (<Subscriber>sub)._subscription_count()
+        return n
+
+    def type_counts(self):
+        out = {t: len(s) for t, s in self._by_type.items()}
+        for t, per_key in self._by_key.items():
+            seen = set()
+            for subs in per_key.values():
+                seen.update(subs)
+            out[t] = out.get(t, 0) + len(seen)
+        return out
+
+    def pending_bytes_total(self):
+        cdef Py_ssize_t n = 0
+        for sub in self._all:
+            n += (<Subscriber>sub)._pending_bytes
+        return n
+
+    def buffered_bytes_total(self):
+        cdef Py_ssize_t n = 0
+        cdef Subscriber s
+        for sub in self._all:
+            s = <Subscriber>sub
+            n += s._pending_bytes + s._transport_buffered
+        return n

@@ -1,0 +1,409 @@
+"""Pure-Python reference of the fan-out core (twin of ``_core/_fanout_c.pyx``).
+
+The fan-out core is sans-I/O except for one duty: handing bytes to a transport
+(``write`` and ``get_write_buffer_size``, the asyncio transport interface). It
+knows nothing of asyncio, aiohttp or redis.
+
+What it does, per published message:
+
+* the caller encodes the message once and frames it once (:func:`encode_frame`);
+* :meth:`FanOut.publish` looks up the receivers (subscribers of the type, plus
+  subscribers narrowed to the message's key) and appends a *reference* to the
+  frame to each receiver's pending list: no copy, no serialization, no task;
+* :meth:`FanOut.flush` hands each dirty subscriber's pending frames to its
+  transport in one ``write`` (one system call when the kernel buffer has room).
+
+Memory is bounded per subscriber: bytes the kernel would not take (the
+transport's buffer) plus bytes still pending may not pass ``limit``. A
+subscriber that passes it is marked overflowed, its pending frames are
+dropped, and it is reported by :meth:`FanOut.take_to_close` so the caller can
+close it with 1013. A single frame larger than the limit is still delivered
+when nothing else is buffered, so a big message never closes a fast client.
+
+Both implementations keep subscribers in insertion-ordered dicts, so they visit
+receivers in the same order and produce the same bytes; ``tests/core`` checks
+that on random subscription tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "STATE_CLOSED",
+    "STATE_OPEN",
+    "STATE_OVERFLOWED",
+    "FanOut",
+    "Subscriber",
+    "encode_close",
+    "encode_frame",
+]
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+STATE_OPEN = 0
+STATE_OVERFLOWED = 1
+STATE_CLOSED = 2
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
+
+    The result is a new ``bytes`` holding header and payload, made once and
+    shared by every receiver of the message.
+    """
+    n = len(payload)
+    first = 0x80 | (opcode & 0x0F)
+    if n < 126:
+        header = bytes((first, n))
+    elif n < 65536:
+        header = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    """A close frame; ``reason`` is cut to the 123 bytes a control frame allows,
+    never inside a UTF-8 sequence."""
+    raw = reason.encode("utf-8")
+    if len(raw) > 123:
+        raw = raw[:123].decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(code.to_bytes(2, "big") + raw, OP_CLOSE)
+
+
+class Subscriber:
+    """One connection as the core sees it: its filters and its bounded output."""
+
+    __slots__ = (
+        "_dirty",
+        "_filters",
+        "_pending",
+        "_pending_bytes",
+        "_state",
+        "_transport_buffered",
+        "conn_id",
+        "last_seen",
+        "limit",
+        "owner",
+        "transport",
+    )
+
+    def __init__(self, conn_id: str, transport: Any, limit: int, owner: Any = None) -> None:
+        self.conn_id = conn_id
+        self.transport = transport
+        self.limit = limit
+        self.owner = owner
+        self.last_seen = 0.0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._transport_buffered = 0
+        self._dirty = False
+        self._state = STATE_OPEN
+        # type -> None (every message of the type) or the tuple of wanted keys
+        self._filters: dict[str, tuple[str, ...] | None] = {}
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    @property
+    def overflowed(self) -> bool:
+        return self._state == STATE_OVERFLOWED
+
+    @property
+    def closed(self) -> bool:
+        return self._state != STATE_OPEN
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued in the core, not yet handed to the transport."""
+        return self._pending_bytes
+
+    @property
+    def pending_frames(self) -> int:
+        return len(self._pending)
+
+    @property
+    def transport_buffered(self) -> int:
+        """The transport's buffer size as of the last write."""
+        return self._transport_buffered
+
+    @property
+    def subscription_count(self) -> int:
+        """Subscriptions held: a type counts one, a type narrowed to keys one per key."""
+        return sum(1 if ks is None else len(ks) for ks in self._filters.values())
+
+    def types(self) -> list[str]:
+        """Subscribed types, in the order first subscribed."""
+        return list(self._filters)
+
+    def filter_for(self, type_: str) -> tuple[str, ...] | None:
+        """The keys a type is narrowed to; None when the type is not narrowed."""
+        return self._filters.get(type_)
+
+    def is_subscribed(self, type_: str) -> bool:
+        return type_ in self._filters
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.conn_id} state={self._state} pending={self._pending_bytes}>"
+
+
+class FanOut:
+    """The subscription index and write path shared by every connection."""
+
+    __slots__ = (
+        "_all",
+        "_by_key",
+        "_by_type",
+        "_dirty",
+        "_to_close",
+        "delivered",
+        "dropped_bytes",
+        "overflows",
+        "published",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        self._all: dict[Subscriber, None] = {}
+        self._by_type: dict[str, dict[Subscriber, None]] = {}
+        self._by_key: dict[str, dict[str, dict[Subscriber, None]]] = {}
+        self._dirty: list[Subscriber] = []
+        self._to_close: list[Subscriber] = []
+        self.published = 0  # messages passed to publish()
+        self.delivered = 0  # frames queued to receivers by publish()
+        self.writes = 0  # transport writes
+        self.overflows = 0  # subscribers closed for passing their limit
+        self.dropped_bytes = 0  # pending bytes discarded with them
+
+    # -- registry ------------------------------------------------------------
+
+    def add(self, sub: Subscriber) -> None:
+        self._all[sub] = None
+
+    def remove(self, sub: Subscriber) -> int:
+        """Forget a subscriber: its subscriptions, pending frames and registration.
+
+        Returns the number of subscriptions it held. O(its subscriptions).
+        """
+        count = sub.subscription_count
+        for type_ in list(sub._filters):
+            self._unindex(sub, type_)
+        sub._filters.clear()
+        sub._pending.clear()
+        sub._pending_bytes = 0
+        if sub._state == STATE_OPEN:
+            sub._state = STATE_CLOSED
+        self._all.pop(sub, None)
+        return count
+
+    def subscribe(self, sub: Subscriber, type_: str, keys: Iterable[str] | None = None) -> None:
+        """Subscribe to a type, replacing any earlier filter for that type.
+
+        ``keys`` None means every message of the type; otherwise only messages
+        published with one of those keys.
+        """
+        if type_ in sub._filters:
+            self._unindex(sub, type_)
+        if keys is None:
+            sub._filters[type_] = None
+            self._by_type.setdefault(type_, {})[sub] = None
+        else:
+            wanted = tuple(dict.fromkeys(keys))
+            sub._filters[type_] = wanted
+            per_key = self._by_key.setdefault(type_, {})
+            for k in wanted:
+                per_key.setdefault(k, {})[sub] = None
+
+    def unsubscribe(self, sub: Subscriber, type_: str) -> bool:
+        if type_ not in sub._filters:
+            return False
+        self._unindex(sub, type_)
+        del sub._filters[type_]
+        return True
+
+    def _unindex(self, sub: Subscriber, type_: str) -> None:
+        keys = sub._filters[type_]
+        if keys is None:
+            subs = self._by_type.get(type_)
+            if subs is not None:
+                subs.pop(sub, None)
+                if not subs:
+                    del self._by_type[type_]
+        else:
+            per_key = self._by_key.get(type_)
+            if per_key is None:
+                return
+            for k in keys:
+                subs = per_key.get(k)
+                if subs is not None:
+                    subs.pop(sub, None)
+                    if not subs:
+                        del per_key[k]
+            if not per_key:
+                del self._by_key[type_]
+
+    # -- fan-out -------------------------------------------------------------
+
+    def receivers(self, type_: str, key: str | None = None) -> list[Subscriber]:
+        """Who :meth:`publish` would deliver to, in delivery order."""
+        out = list(self._by_type.get(type_, ()))
+        if key is not None:
+            per_key = self._by_key.get(type_)
+            if per_key is not None:
+                out.extend(per_key.get(key, ()))
+        return out
+
+    def publish(self, type_: str, key: str | None, frame: bytes) -> int:
+        """Queue one framed message to every receiver; return how many got it."""
+        self.published += 1
+        n = 0
+        subs = self._by_type.get(type_)
+        if subs is not None:
+            for sub in subs:
+                n += self._append(sub, frame)
+        if key is not None:
+            per_key = self._by_key.get(type_)
+            if per_key is not None:
+                subs = per_key.get(key)
+                if subs is not None:
+                    for sub in subs:
+                        n += self._append(sub, frame)
+        self.delivered += n
+        return n
+
+    def send(self, sub: Subscriber, frame: bytes) -> bool:
+        """Queue a frame for one subscriber (replies), in order with its data."""
+        return self._append(sub, frame) == 1
+
+    def send_all(self, frame: bytes) -> int:
+        """Queue a frame for every registered subscriber (heartbeat pings)."""
+        n = 0
+        for sub in self._all:
+            n += self._append(sub, frame)
+        return n
+
+    def _append(self, sub: Subscriber, frame: bytes) -> int:
+        if sub._state != STATE_OPEN:
+            return 0
+        size = len(frame)
+        if sub._pending_bytes + sub._transport_buffered + size > sub.limit and (
+            sub._pending_bytes or sub._transport_buffered
+        ):
+            # Over the limit on the books: write what is pending now and ask the
+            # transport what the kernel really refused before judging.
+            self._write(sub)
+            if sub._state != STATE_OPEN:
+                return 0
+            if sub._transport_buffered and sub._transport_buffered + size > sub.limit:
+                self._overflow(sub)
+                return 0
+        sub._pending.append(frame)
+        sub._pending_bytes += size
+        if not sub._dirty:
+            sub._dirty = True
+            self._dirty.append(sub)
+        return 1
+
+    def _overflow(self, sub: Subscriber) -> None:
+        self.overflows += 1
+        self.dropped_bytes += sub._pending_bytes + sub._transport_buffered
+        sub._pending.clear()
+        sub._pending_bytes = 0
+        sub._state = STATE_OVERFLOWED
+        self._to_close.append(sub)
+
+    def _write(self, sub: Subscriber) -> None:
+        pending = sub._pending
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            sub._pending_bytes = 0
+            try:
+                sub.transport.write(data)
+                sub._transport_buffered = sub.transport.get_write_buffer_size()
+            except Exception:
+                # The transport is gone; the connection's reader will notice too.
+                sub._state = STATE_CLOSED
+                self._to_close.append(sub)
+                return
+            self.writes += 1
+        else:
+            sub._transport_buffered = sub.transport.get_write_buffer_size()
+
+    def flush(self) -> int:
+        """Hand every dirty subscriber's pending frames to its transport, one
+        write each. Returns the number of subscribers written to."""
+        dirty = self._dirty
+        if not dirty:
+            return 0
+        self._dirty = []
+        n = 0
+        for sub in dirty:
+            sub._dirty = False
+            if sub._state == STATE_OPEN and sub._pending:
+                self._write(sub)
+                n += 1
+        return n
+
+    def take_to_close(self) -> list[Subscriber]:
+        """Subscribers that overflowed or whose transport failed since the last call."""
+        out = self._to_close
+        self._to_close = []
+        return out
+
+    def expired(self, deadline: float) -> list[Subscriber]:
+        """Open subscribers whose ``last_seen`` is before ``deadline``."""
+        return [s for s in self._all if s._state == STATE_OPEN and s.last_seen < deadline]
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._all)
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._all)
+
+    def subscription_count(self) -> int:
+        return sum(s.subscription_count for s in self._all)
+
+    def type_counts(self) -> dict[str, int]:
+        """Subscribers per type (narrowed or not)."""
+        out: dict[str, int] = {t: len(s) for t, s in self._by_type.items()}
+        for t, per_key in self._by_key.items():
+            seen: set[Subscriber] = set()
+            for subs in per_key.values():
+                seen.update(subs)
+            out[t] = out.get(t, 0) + len(seen)
+        return out
+
+    def pending_bytes_total(self) -> int:
+        return sum(s._pending_bytes for s in self._all)
+
+    def buffered_bytes_total(self) -> int:
+        """Pending plus transport-buffered bytes, over every subscriber."""
+        return sum(s._pending_bytes + s._transport_buffered for s in self._all)

@@ -1,0 +1,218 @@
+"""HTTP API and admin routes (JSON in, JSON out).
+
+``/health``, ``/status``, ``/stats``, ``/config``, ``/ws/stats``, ``/ws/queue``,
+``POST /api/publish``, ``POST /admin/reload-config``, ``POST /admin/gc``,
+``GET /admin/gc-stats`` and ``/metrics``. When ``api.token`` is set, publish
+and the admin routes need ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ClientError, InvalidJSON, InvalidMessage, Unauthorized
+from .protocol import http_error_body, parse_publication
+from .stats import (
+    connections_snapshot,
+    health_snapshot,
+    stats_snapshot,
+    status_snapshot,
+)
+
+log = logging.getLogger("aiosrv.api")
+
+#: Most messages one ``POST /api/publish`` may carry.
+MAX_PUBLISH_BATCH = 1000
+
+
+def _server(request: web.Request) -> Any:
+    from .app import SERVER
+
+    return request.app[SERVER]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error_response(error: ClientError) -> web.Response:
+    return web.Response(
+        body=http_error_body(error), status=error.http_status, content_type="application/json"
+    )
+
+
+def _check_token(request: web.Request) -> None:
+    token = _server(request).config.api.token
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        raise Unauthorized(
+            "this endpoint needs 'Authorization: Bearer <token>' with the configured api.token"
+        )
+
+
+async def health(request: web.Request) -> web.Response:
+    snap = health_snapshot(_server(request))
+    return json_response(snap, 200 if snap["status"] == "healthy" else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(status_snapshot(_server(request)))
+
+
+async def stats(request: web.Request) -> web.Response:
+    server = _server(request)
+    server.sampler.sample(server)
+    return json_response(stats_snapshot(server))
+
+
+async def config(request: web.Request) -> web.Response:
+    server = _server(request)
+    cfg = server.config
+    body = cfg.to_dict(redact=True)
+    body["heartbeat"] = {
+        "interval": cfg.websocket.heartbeat_interval,
+        "timeout": cfg.websocket.heartbeat_timeout,
+    }
+    body["source_path"] = cfg.source_path
+    return json_response(body)
+
+
+async def ws_stats(request: web.Request) -> web.Response:
+    server = _server(request)
+    server.sampler.sample(server)
+    snap = connections_snapshot(server)
+    snap["pending_upgrades"] = server.pending_upgrades
+    snap["draining"] = server.draining
+    return json_response(snap)
+
+
+async def ws_queue(request: web.Request) -> web.Response:
+    return json_response(_server(request).hub.queue_stats())
+
+
+async def publish(request: web.Request) -> web.Response:
+    server = _server(request)
+    try:
+        _check_token(request)
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+        if isinstance(body, list):
+            if not body:
+                raise InvalidMessage("body is an empty list; send at least one message")
+            if len(body) > MAX_PUBLISH_BATCH:
+                raise InvalidMessage(
+                    f"body lists {len(body)} messages; at most {MAX_PUBLISH_BATCH} per request"
+                )
+            items = [parse_publication(item, f"body[{i}]") for i, item in enumerate(body)]
+            pubs = await server.hub.publish_many(items)
+            server.stats.published_http += len(pubs)
+            return json_response({"seq": [p.seq for p in pubs]}, 202)
+        type_, payload, key = parse_publication(body)
+        pub = await server.hub.publish(type_, payload, key)
+        server.stats.published_http += 1
+        return json_response({"seq": pub.seq}, 202)
+    except ClientError as exc:
+        server.stats.count_error(exc.code)
+        return error_response(exc)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    server = _server(request)
+    try:
+        _check_token(request)
+    except ClientError as exc:
+        return error_response(exc)
+    log.info("config reload requested over HTTP from %s", request.remote)
+    result = server.reload()
+    return json_response(result.as_dict(), 200 if result.ok else 400)
+
+
+def _gc_stats() -> dict[str, Any]:
+    return {
+        "enabled": gc.isenabled(),
+        "counts": list(gc.get_count()),
+        "thresholds": list(gc.get_threshold()),
+        "generations": gc.get_stats(),
+        "objects": len(gc.get_objects()),
+        "garbage": len(gc.garbage),
+        "frozen": gc.get_freeze_count(),
+    }
+
+
+async def gc_collect(request: web.Request) -> web.Response:
+    server = _server(request)
+    try:
+        _check_token(request)
+    except ClientError as exc:
+        return error_response(exc)
+    server.sampler.sample(server, force=True)
+    rss_before = server.sampler.rss
+    t0 = time.perf_counter()
+    collected = [gc.collect(gen) for gen in (0, 1, 2)]
+    elapsed = time.perf_counter() - t0
+    server.sampler.sample(server, force=True)
+    log.info("memory: gc collected %s objects in %.1f ms", collected, elapsed * 1000)
+    return json_response(
+        {
+            "collected": sum(collected),
+            "collected_by_generation": collected,
+            "duration_ms": round(elapsed * 1000, 2),
+            "rss_before_mb": round(rss_before / 1048576, 1),
+            "rss_after_mb": round(server.sampler.rss / 1048576, 1),
+            "gc": _gc_stats(),
+        }
+    )
+
+
+async def gc_stats(request: web.Request) -> web.Response:
+    server = _server(request)
+    try:
+        _check_token(request)
+    except ClientError as exc:
+        return error_response(exc)
+    body = _gc_stats()
+    server.sampler.sample(server)
+    body["rss_mb"] = round(server.sampler.rss / 1048576, 1)
+    return json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from .app import REGISTRY
+    from .metrics import CONTENT_TYPE_LATEST, render
+
+    resp = web.Response(body=render(request.app[REGISTRY]))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+API_ROUTES = [
+    web.get("/health", health),
+    web.get("/status", status),
+    web.get("/stats", stats),
+    web.get("/config", config),
+    web.get("/ws/stats", ws_stats),
+    web.get("/ws/queue", ws_queue),
+    web.post("/api/publish", publish),
+    web.post("/admin/reload-config", reload_config),
+    web.post("/admin/gc", gc_collect),
+    web.get("/admin/gc-stats", gc_stats),
+]
+
+METRICS_ROUTES = [web.get("/metrics", metrics)]

@@ -1,0 +1,75 @@
+"""aiohttp applications over one :class:`~aiosrv.server.Server`.
+
+``create_app(config)`` is the library entry point: one application with the
+WebSocket endpoint, the HTTP API and ``/metrics``, whose start-up and
+clean-up start and stop the server. The ``serve`` command builds one
+application per distinct port instead (``runner.py``), all sharing one server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .api import API_ROUTES, METRICS_ROUTES
+from .config import Config, default_config
+from .connection import websocket_handler
+from .metrics import make_registry
+from .server import Server
+
+SERVER = web.AppKey("aiosrv_server", Server)
+REGISTRY = web.AppKey("aiosrv_registry", CollectorRegistry)
+
+ALL_PARTS = ("ws", "api", "metrics")
+
+#: Largest HTTP request body (POST /api/publish batches), in bytes.
+MAX_HTTP_BODY = 8 * 1024 * 1024
+
+
+def _ws_routes(config: Config) -> list[web.RouteDef]:
+    return [web.get(path, websocket_handler) for path in config.websocket.paths]
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    server: Server | None = None,
+    parts: Iterable[str] = ALL_PARTS,
+) -> web.Application:
+    """An aiohttp application serving ``parts`` of aiosrv.
+
+    Without ``server`` a new :class:`Server` is made from ``config`` (defaults
+    when None) and started and stopped with the application. Publish from
+    Python with ``await app[SERVER].publish(type, payload, key=None)``.
+    """
+    owns = server is None
+    if server is None:
+        server = Server(config or default_config())
+    parts = tuple(parts)
+    app = web.Application(client_max_size=MAX_HTTP_BODY)
+    app[SERVER] = server
+    if "metrics" in parts:
+        app[REGISTRY] = make_registry(server)
+        app.add_routes(METRICS_ROUTES)
+    if "api" in parts:
+        app.add_routes(API_ROUTES)
+    if "ws" in parts:
+        app.add_routes(_ws_routes(server.config))
+    if owns:
+        # on_shutdown runs before aiohttp cancels the handlers: clients get 1001
+        app.on_shutdown.append(_server_shutdown)
+        app.cleanup_ctx.append(_server_lifetime)
+    return app
+
+
+async def _server_shutdown(app: web.Application) -> None:
+    await app[SERVER].shutdown()
+
+
+async def _server_lifetime(app: web.Application) -> AsyncIterator[None]:
+    server = app[SERVER]
+    await server.start()
+    yield
+    await server.stop()

@@ -1,0 +1,158 @@
+"""Command line: ``aiosrv serve``, ``aiosrv check-config FILE``, ``aiosrv version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+EPILOG = """\
+configuration is read from defaults, then the YAML file (--config, else
+$AIOSRV_CONFIG, else config/deployment.yaml when it exists), then environment
+variables (WEBSOCKET_HOST, WEBSOCKET_PORT, MAX_CONNECTIONS, LOG_LEVEL, ... see
+docs/configuration.md), then these flags.
+
+signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file;
+SIGUSR1 logs a memory report and reopens the log file.
+AIOSRV_NO_EXTENSIONS=1 runs the pure-Python core instead of the compiled one.
+"""
+
+#: serve flag -> config key
+FLAG_KEYS = {
+    "host": "websocket.host",
+    "port": "websocket.port",
+    "api_host": "api.host",
+    "api_port": "api.port",
+    "metrics_port": "monitoring.metrics_port",
+    "max_connections": "websocket.max_connections",
+    "max_subscriptions": "websocket.max_subscriptions_per_client",
+    "log_level": "logging.level",
+    "log_file": "logging.file",
+    "broker": "broker.engine",
+    "redis_host": "redis.host",
+    "redis_port": "redis.port",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aiosrv",
+        description="Real-time WebSocket data push server (aiohttp + uvloop, Cython fan-out core).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"aiosrv {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser(
+        "serve",
+        help="run the server (WebSocket 8765, HTTP API 8080, metrics 9090)",
+        description="Run the server: the WebSocket endpoint, the HTTP API and /metrics, "
+        "on the embedded broker unless --broker redis. Logs one line when ready.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
+    s.add_argument("--host", help="WebSocket bind address (websocket.host)")
+    s.add_argument("--port", help="WebSocket port (websocket.port)")
+    s.add_argument("--api-host", help="HTTP API bind address (api.host)")
+    s.add_argument("--api-port", help="HTTP API port; equal to --port serves both on one port")
+    s.add_argument("--metrics-port", help="Prometheus /metrics port (monitoring.metrics_port)")
+    s.add_argument("--max-connections", help="connection limit (websocket.max_connections)")
+    s.add_argument("--max-subscriptions", help="per-client subscription limit")
+    s.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    s.add_argument("--log-file", help="also log to this file, e.g. logs/websocket-server.log")
+    s.add_argument("--broker", help="memory (embedded, default) or redis")
+    s.add_argument("--redis-host", help="Redis host (redis.host)")
+    s.add_argument("--redis-port", help="Redis port (redis.port)")
+    s.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config key, e.g. --set broadcast.batch_size=200 (repeatable)",
+    )
+
+    c = sub.add_parser(
+        "check-config",
+        help="validate a config file and print every problem with its key path",
+        description="Validate FILE (alone, without environment variables) and print every "
+        "problem with its key path. Exit status 0 when valid, 1 when not.",
+    )
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--with-env", action="store_true",
+                   help="also apply the current environment variables")
+
+    sub.add_parser("version", help="print the version and which core is installed")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"aiosrv: --set needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import ConfigError, load_config
+
+    overrides = overrides_from(args)
+    try:
+        config = load_config(args.config, None, overrides)
+    except ConfigError as exc:
+        print("aiosrv: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    from .runner import serve
+
+    return serve(config, env=dict(os.environ), overrides=overrides)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import check_file
+
+    problems = check_file(args.file, dict(os.environ) if args.with_env else None)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    print(f"{args.file}: OK")
+    return 0
+
+
+def cmd_version() -> int:
+    from .fanout import IMPLEMENTATION
+
+    print(f"aiosrv {__version__} (core: {IMPLEMENTATION}, Python {sys.version.split()[0]})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    if args.command == "version":
+        return cmd_version()
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

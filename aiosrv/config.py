@@ -1,0 +1,1116 @@
+"""aiosrv configuration: one typed, validated, immutable :class:`Config`.
+
+Load order (each layer overrides the one before it, key by key):
+
+1. built-in defaults (the ``default`` column of :data:`FIELDS`);
+2. a YAML file: the ``path`` argument, else the file named by ``$AIOSRV_CONFIG``,
+   else ``config/deployment.yaml`` (relative to the working directory) if it exists;
+3. environment variables (``WEBSOCKET_PORT``, ``LOG_LEVEL``, ... see :data:`ENV_VARS`);
+   an empty variable counts as unset, except that it clears an optional string;
+4. explicit overrides (command-line flags), as ``{"dotted.key": value}``.
+
+Every problem in every layer is collected and reported together in one
+:class:`ConfigError` (a ``ValueError``): bad values, unknown keys (with a
+did-you-mean suggestion), YAML syntax errors with their line, a missing file.
+Secret values (``api.token``, ``redis.password``) never appear in messages.
+
+Hot reload (SIGHUP or ``POST /admin/reload-config``) re-runs the load and
+calls :func:`apply_live`: *live* settings take their new value at once; the
+others (listen addresses and ports, broker, Redis, log file, monitoring,
+tracemalloc, the informational ``service_discovery`` and ``scaling``
+sections) keep their running value and are reported as needing a restart.
+Live settings: ``environment``, ``websocket.max_connections``,
+``websocket.max_subscriptions_per_client``, ``websocket.heartbeat_interval``,
+``websocket.heartbeat_timeout``, ``websocket.max_message_size`` (for new
+connections), ``websocket.send_buffer_limit``, ``websocket.allow_client_publish``,
+``api.token``, ``broadcast.*``, ``history.size``, ``logging.level``,
+``sources.*`` and ``shutdown.grace_period``.
+
+:data:`FIELDS` is the single source of truth: parsing, environment variable
+names, live/restart, secrets, the section dataclass defaults and the
+documentation table are all derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+import yaml
+
+from aiosrv.errors import AiosrvError
+
+__all__ = [
+    "CONFIG_PATH_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "ENV_VARS",
+    "FIELDS",
+    "ApiConfig",
+    "BroadcastConfig",
+    "BrokerConfig",
+    "Change",
+    "Config",
+    "ConfigError",
+    "DiagnosticsConfig",
+    "FieldSpec",
+    "HistoryConfig",
+    "LoggingConfig",
+    "MonitoringConfig",
+    "Problem",
+    "RedisConfig",
+    "ScalingConfig",
+    "ServiceDiscoveryConfig",
+    "ShutdownConfig",
+    "SourcesConfig",
+    "WebSocketConfig",
+    "apply_live",
+    "check_file",
+    "default_config",
+    "diff_config",
+    "env_table_markdown",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = "config/deployment.yaml"
+CONFIG_PATH_ENV = "AIOSRV_CONFIG"
+
+#: Shown instead of a secret value, in ``to_dict()``, problems and changes.
+REDACTED = "***"
+
+KiB = 1024
+MiB = 1024 * KiB
+
+Kind = Literal["str", "optional_str", "int", "float", "duration", "size", "bool", "enum", "paths"]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One configuration key: how it is parsed, checked, named and applied."""
+
+    path: str  # dotted key path, e.g. "websocket.port"
+    type: Kind  # "duration" = float seconds, "size" = int bytes, "paths" = tuple[str, ...]
+    default: Any
+    env: tuple[str, ...]  # environment variable names, highest priority first
+    live: bool  # True: applied on hot reload; False: needs a restart
+    secret: bool
+    description: str
+    constraint: str  # human-readable constraint, e.g. "1..65535", "> 0", "memory | redis"
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    case: Literal["upper", "lower"] | None = None  # enum input normalisation
+
+    @property
+    def section(self) -> str | None:
+        """The section name, or None for a top-level key."""
+        return self.path.split(".", 1)[0] if "." in self.path else None
+
+    @property
+    def key(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+def _fmt_size(size: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def _fmt_number(value: float, kind: str) -> str:
+    if kind == "size":
+        return _fmt_size(int(value))
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _constraint_text(
+    kind: str,
+    minimum: float | None,
+    maximum: float | None,
+    exclusive_minimum: bool,
+    choices: tuple[str, ...],
+) -> str:
+    parts: list[str] = []
+    if choices:
+        parts.append(" | ".join(choices))
+    if minimum is not None and maximum is not None:
+        lo, hi = _fmt_number(minimum, kind), _fmt_number(maximum, kind)
+        parts.append(f"{lo}..{hi}" if not exclusive_minimum else f"> {lo} and <= {hi}")
+    elif minimum is not None:
+        parts.append(f"{'>' if exclusive_minimum else '>='} {_fmt_number(minimum, kind)}")
+    elif maximum is not None:
+        parts.append(f"<= {_fmt_number(maximum, kind)}")
+    if kind == "paths":
+        parts.append("each starts with /")
+    if kind in ("str",):
+        parts.append("non-empty")
+    return ", ".join(parts)
+
+
+def _f(
+    path: str,
+    kind: Kind,
+    default: Any,
+    env: str | tuple[str, ...] | None,
+    live: bool,
+    description: str,
+    *,
+    secret: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    choices: tuple[str, ...] = (),
+    case: Literal["upper", "lower"] | None = None,
+    constraint: str | None = None,
+) -> FieldSpec:
+    names: tuple[str, ...] = () if env is None else (env,) if isinstance(env, str) else env
+    if constraint is None:
+        constraint = _constraint_text(kind, minimum, maximum, exclusive_minimum, choices)
+    return FieldSpec(
+        path=path,
+        type=kind,
+        default=default,
+        env=names,
+        live=live,
+        secret=secret,
+        description=description,
+        constraint=constraint,
+        minimum=minimum,
+        maximum=maximum,
+        exclusive_minimum=exclusive_minimum,
+        choices=choices,
+        case=case,
+    )
+
+
+LIVE = True
+RESTART = False
+
+FIELDS: tuple[FieldSpec, ...] = (
+    _f("environment", "str", "development", "ENVIRONMENT", LIVE,
+       "Deployment name, e.g. development or production."),
+    # websocket
+    _f("websocket.host", "str", "0.0.0.0", "WEBSOCKET_HOST", RESTART,
+       "Address the WebSocket listener binds to."),
+    _f("websocket.port", "int", 8765, "WEBSOCKET_PORT", RESTART,
+       "Port of the WebSocket listener (0: any free port).", minimum=0, maximum=65535),
+    _f("websocket.paths", "paths", ("/ws/realtime", "/ws", "/"), None, RESTART,
+       "URL paths that accept WebSocket upgrades."),
+    _f("websocket.max_connections", "int", 10000, "MAX_CONNECTIONS", LIVE,
+       "Most simultaneous WebSocket connections.", minimum=1),
+    _f("websocket.max_subscriptions_per_client", "int", 100, "MAX_SUBSCRIPTIONS_PER_CLIENT",
+       LIVE, "Most subscriptions one client may hold.", minimum=1),
+    _f("websocket.heartbeat_interval", "duration", 30.0, "HEARTBEAT_INTERVAL", LIVE,
+       "Seconds between server pings.", minimum=0, exclusive_minimum=True),
+    _f("websocket.heartbeat_timeout", "duration", 60.0, "HEARTBEAT_TIMEOUT", LIVE,
+       "Seconds without client traffic before closing with 4000.",
+       minimum=0, exclusive_minimum=True, constraint="> 0, >= websocket.heartbeat_interval"),
+    _f("websocket.max_message_size", "size", MiB, "MAX_MESSAGE_SIZE", LIVE,
+       "Largest client message in bytes (1009 beyond it); applies to new connections.",
+       minimum=125, maximum=64 * MiB),
+    _f("websocket.send_buffer_limit", "size", MiB, "SEND_BUFFER_LIMIT", LIVE,
+       "Per-connection pending output in bytes; a slower consumer is closed with 1013.",
+       minimum=1024),
+    _f("websocket.allow_client_publish", "bool", False, "ALLOW_CLIENT_PUBLISH", LIVE,
+       "Whether WebSocket clients may publish messages themselves."),
+    # api
+    _f("api.host", "str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to."),
+    _f("api.port", "int", 8080, "API_PORT", RESTART, "Port of the HTTP API; equal to websocket.port serves both on one listener.",
+       minimum=0, maximum=65535),
+    _f("api.token", "optional_str", None, "API_TOKEN", LIVE,
+       "Token the HTTP API requires from callers; unset = no token required.",
+       secret=True),
+    # monitoring
+    _f("monitoring.enabled", "bool", True, "MONITORING_ENABLED", RESTART,
+       "Whether the metrics listener runs."),
+    _f("monitoring.metrics_port", "int", 9090, "METRICS_PORT", RESTART,
+       "Port of the metrics listener; equal to another port shares that listener.",
+       minimum=0, maximum=65535),
+    _f("monitoring.prometheus_enabled", "bool", True, "PROMETHEUS_ENABLED", RESTART,
+       "Whether /metrics serves the Prometheus text format."),
+    # broadcast
+    _f("broadcast.batch_size", "int", 100, "BROADCAST_BATCH_SIZE", LIVE,
+       "Most messages fanned out per batch.", minimum=1, maximum=100000),
+    _f("broadcast.flush_interval", "duration", 0.05, "BROADCAST_FLUSH_INTERVAL", LIVE,
+       "Seconds a partial batch may wait before it is flushed.", minimum=0, maximum=10),
+    _f("broadcast.queue_limit", "int", 10000, ("QUEUE_LIMIT", "MAX_QUEUE_SIZE"), LIVE,
+       "Most messages waiting for fan-out; publishes beyond it get queue_full.", minimum=1),
+    # history
+    _f("history.size", "int", 50, "HISTORY_SIZE", LIVE,
+       "Messages kept per (type, key) for replay with `since`; 0 disables history.",
+       minimum=0, maximum=100000),
+    # broker
+    _f("broker.engine", "enum", "memory", "BROKER", RESTART,
+       "Message broker: embedded in-process, or Redis pub/sub for several instances.",
+       choices=("memory", "redis"), case="lower"),
+    # redis
+    _f("redis.host", "str", "localhost", "REDIS_HOST", RESTART, "Redis server host."),
+    _f("redis.port", "int", 6379, "REDIS_PORT", RESTART, "Redis server port.",
+       minimum=1, maximum=65535),
+    _f("redis.db", "int", 0, "REDIS_DB", RESTART, "Redis database number.",
+       minimum=0, maximum=15),
+    _f("redis.password", "optional_str", None, "REDIS_PASSWORD", RESTART,
+       "Redis password; unset = no AUTH.", secret=True),
+    _f("redis.channel_prefix", "str", "aiosrv", "REDIS_PREFIX", RESTART,
+       "Prefix of the Redis channel names, to share one Redis between deployments."),
+    # logging
+    _f("logging.level", "enum", "INFO", "LOG_LEVEL", LIVE,
+       "Log level (any case on input).",
+       choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), case="upper"),
+    _f("logging.file", "optional_str", None, "LOG_FILE", RESTART,
+       "Log file path (e.g. logs/websocket-server.log); unset = standard error only."),
+    # sources
+    _f("sources.enabled", "bool", True, "SOURCES_ENABLED", LIVE,
+       "Whether the built-in data sources run."),
+    _f("sources.interval", "duration", 1.0, "SOURCES_INTERVAL", LIVE,
+       "Seconds between data source polls.", minimum=0, exclusive_minimum=True),
+    _f("sources.max_silence", "duration", 5.0, "SOURCES_MAX_SILENCE", LIVE,
+       "Seconds a data source may stay silent before it counts as stalled.",
+       minimum=0, exclusive_minimum=True),
+    # shutdown
+    _f("shutdown.grace_period", "duration", 10.0, "SHUTDOWN_GRACE_PERIOD", LIVE,
+       "Seconds connections get to finish once shutdown begins.", minimum=0),
+    # diagnostics
+    _f("diagnostics.tracemalloc", "bool", False, "TRACEMALLOC", RESTART,
+       "Trace memory allocations (slow; for debugging leaks)."),
+    # service_discovery (informational)
+    _f("service_discovery.backend", "enum", "none", None, RESTART,
+       "Informational, for deployment tooling: service registry in use.",
+       choices=("none", "consul", "kubernetes"), case="lower"),
+    _f("service_discovery.consul_host", "str", "localhost", "CONSUL_HOST", RESTART,
+       "Informational, for deployment tooling: Consul agent host."),
+    _f("service_discovery.consul_port", "int", 8500, None, RESTART,
+       "Informational, for deployment tooling: Consul agent port.", minimum=1, maximum=65535),
+    # scaling (informational)
+    _f("scaling.min_instances", "int", 1, None, RESTART,
+       "Informational, for deployment tooling: fewest instances.", minimum=1),
+    _f("scaling.max_instances", "int", 1, None, RESTART,
+       "Informational, for deployment tooling: most instances.",
+       minimum=1, constraint=">= 1, >= scaling.min_instances"),
+    _f("scaling.target_cpu_utilization", "float", 70.0, None, RESTART,
+       "Informational, for deployment tooling: autoscaling CPU target in percent.",
+       minimum=0, maximum=100),
+    _f("scaling.target_memory_utilization", "float", 80.0, None, RESTART,
+       "Informational, for deployment tooling: autoscaling memory target in percent.",
+       minimum=0, maximum=100),
+)  # fmt: skip
+
+FIELDS_BY_PATH: dict[str, FieldSpec] = {spec.path: spec for spec in FIELDS}
+
+#: Environment variable name -> dotted key path.
+ENV_VARS: dict[str, str] = {name: spec.path for spec in FIELDS for name in spec.env}
+
+SECTIONS: tuple[str, ...] = tuple(
+    dict.fromkeys(spec.section for spec in FIELDS if spec.section is not None)
+)
+TOP_LEVEL_KEYS: tuple[str, ...] = tuple(spec.path for spec in FIELDS if spec.section is None)
+
+
+def _default(path: str) -> Any:
+    return FIELDS_BY_PATH[path].default
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    host: str = _default("websocket.host")
+    port: int = _default("websocket.port")
+    paths: tuple[str, ...] = _default("websocket.paths")
+    max_connections: int = _default("websocket.max_connections")
+    max_subscriptions_per_client: int = _default("websocket.max_subscriptions_per_client")
+    heartbeat_interval: float = _default("websocket.heartbeat_interval")
+    heartbeat_timeout: float = _default("websocket.heartbeat_timeout")
+    max_message_size: int = _default("websocket.max_message_size")
+    send_buffer_limit: int = _default("websocket.send_buffer_limit")
+    allow_client_publish: bool = _default("websocket.allow_client_publish")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str = _default("api.host")
+    port: int = _default("api.port")
+    token: str | None = _default("api.token")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    enabled: bool = _default("monitoring.enabled")
+    metrics_port: int = _default("monitoring.metrics_port")
+    prometheus_enabled: bool = _default("monitoring.prometheus_enabled")
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastConfig:
+    batch_size: int = _default("broadcast.batch_size")
+    flush_interval: float = _default("broadcast.flush_interval")
+    queue_limit: int = _default("broadcast.queue_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    size: int = _default("history.size")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    engine: str = _default("broker.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    host: str = _default("redis.host")
+    port: int = _default("redis.port")
+    db: int = _default("redis.db")
+    password: str | None = _default("redis.password")
+    channel_prefix: str = _default("redis.channel_prefix")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = _default("logging.level")
+    file: str | None = _default("logging.file")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    enabled: bool = _default("sources.enabled")
+    interval: float = _default("sources.interval")
+    max_silence: float = _default("sources.max_silence")
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownConfig:
+    grace_period: float = _default("shutdown.grace_period")
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsConfig:
+    tracemalloc: bool = _default("diagnostics.tracemalloc")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDiscoveryConfig:
+    """Informational: read by deployment tooling, not acted on by the server."""
+
+    backend: str = _default("service_discovery.backend")
+    consul_host: str = _default("service_discovery.consul_host")
+    consul_port: int = _default("service_discovery.consul_port")
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingConfig:
+    """Informational: read by deployment tooling, not acted on by the server."""
+
+    min_instances: int = _default("scaling.min_instances")
+    max_instances: int = _default("scaling.max_instances")
+    target_cpu_utilization: float = _default("scaling.target_cpu_utilization")
+    target_memory_utilization: float = _default("scaling.target_memory_utilization")
+
+
+SECTION_TYPES: dict[str, type[Any]] = {
+    "websocket": WebSocketConfig,
+    "api": ApiConfig,
+    "monitoring": MonitoringConfig,
+    "broadcast": BroadcastConfig,
+    "history": HistoryConfig,
+    "broker": BrokerConfig,
+    "redis": RedisConfig,
+    "logging": LoggingConfig,
+    "sources": SourcesConfig,
+    "shutdown": ShutdownConfig,
+    "diagnostics": DiagnosticsConfig,
+    "service_discovery": ServiceDiscoveryConfig,
+    "scaling": ScalingConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. Immutable; build it with :func:`load_config`."""
+
+    environment: str = _default("environment")
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    broadcast: BroadcastConfig = field(default_factory=BroadcastConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    service_discovery: ServiceDiscoveryConfig = field(default_factory=ServiceDiscoveryConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    # The file this was loaded from, if any. Not a configuration key.
+    source_path: str | None = None
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted key path, e.g. ``cfg.get("websocket.port")``."""
+        if path not in FIELDS_BY_PATH:
+            raise KeyError(path)
+        obj: Any = self
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """A nested plain dict (tuples as lists); secrets that are set become ``"***"``."""
+        out: dict[str, Any] = {}
+        for spec in FIELDS:
+            value = self.get(spec.path)
+            if isinstance(value, tuple):
+                value = list(value)
+            if redact and spec.secret and value is not None:
+                value = REDACTED
+            if spec.section is None:
+                out[spec.path] = value
+            else:
+                out.setdefault(spec.section, {})[spec.key] = value
+        return out
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with some keys changed, validated like overrides.
+
+        ``cfg.replace(**{"websocket.port": 9000, "logging.level": "debug"})``;
+        raises :class:`ConfigError` listing every problem.
+        """
+        builder = _Builder.from_config(self)
+        builder.apply_overrides(dotted, "override", skip_none=False)
+        return builder.build(self.source_path)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+#: ``Problem.value`` of problems about no single value (unreadable file, bad YAML).
+NO_VALUE: Any = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the configuration, and where it came from."""
+
+    path: str  # dotted key path; "" for problems with the file as a whole
+    value: object  # the value as given (REDACTED for secrets), or NO_VALUE
+    reason: str
+    source: str  # "defaults", "file <path>", "env NAME", "override"
+
+    def __str__(self) -> str:
+        if not self.path:
+            return f"{self.source}: {self.reason}"
+        if self.value is NO_VALUE:
+            return f"{self.path} (from {self.source}): {self.reason}"
+        return f"{self.path} = {_show(self.value)} (from {self.source}): {self.reason}"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return value if value and value.strip() == value else repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ConfigError(AiosrvError, ValueError):
+    """The configuration is invalid; :attr:`problems` lists every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(self.problems)
+
+    @classmethod
+    def single(
+        cls, path: str, value: object, reason: str, source: str = "configuration"
+    ) -> ConfigError:
+        """An error with one problem, e.g. found when the configuration is put to use."""
+        spec = FIELDS_BY_PATH.get(path)
+        if spec is not None and spec.secret and value is not None:
+            value = REDACTED
+        return cls([Problem(path, value, reason, source)])
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Invalid(Exception):
+    """A value cannot be used; the message says why."""
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_DURATION_RE = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(ms|s|m|h)?$", re.IGNORECASE
+)
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30,
+}  # fmt: skip
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _parse_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Invalid(f"must be an integer, not {_type_name(value)}")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise _Invalid("must be an integer")
+    return int(text)
+
+
+def _finite(number: float) -> float:
+    if not math.isfinite(number):
+        raise _Invalid("must be a finite number")
+    return number
+
+
+def _parse_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Invalid(f"must be a number, not {_type_name(value)}")
+    if isinstance(value, (int, float)):
+        return _finite(float(value))
+    try:
+        return _finite(float(value.strip()))
+    except ValueError:
+        raise _Invalid("must be a number") from None
+
+
+def _parse_duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Invalid(f"must be a duration in seconds, not {_type_name(value)}")
+    if isinstance(value, (int, float)):
+        return _finite(float(value))
+    match = _DURATION_RE.fullmatch(value.strip())
+    if match is None:
+        raise _Invalid("must be a duration such as 1.5, 30s, 50ms or 2m")
+    number, unit = match.groups()
+    return _finite(float(number) * _DURATION_UNITS[(unit or "").lower()])
+
+
+def _parse_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Invalid(f"must be a size in bytes, not {_type_name(value)}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.fullmatch(value.strip())
+    if match is None:
+        raise _Invalid("must be a size in bytes such as 1048576, 512KiB, 1MiB or 1MB")
+    number, unit = match.groups()
+    size = Fraction(number) * _SIZE_UNITS[(unit or "").lower()]
+    if size.denominator != 1:
+        raise _Invalid("must be a whole number of bytes")
+    return int(size)
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _Invalid("must be a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def _parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, not {_type_name(value)} (quote it in YAML)")
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _parse_optional_str(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string or null, not {_type_name(value)} (quote it in YAML)")
+    return value
+
+
+def _parse_paths(value: object) -> tuple[str, ...]:
+    items: list[object]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _Invalid(f"must be a list of URL paths, not {_type_name(value)}")
+    if not items:
+        raise _Invalid("must list at least one URL path")
+    for item in items:
+        if not isinstance(item, str):
+            raise _Invalid(f"must contain only strings, not {_type_name(item)}")
+        if not item.startswith("/"):
+            raise _Invalid(f"each path must start with '/' (got {item!r})")
+    if len(set(items)) != len(items):
+        raise _Invalid("must not list a path twice")
+    return tuple(str(item) for item in items)
+
+
+_PARSERS: dict[str, Callable[[object], Any]] = {
+    "int": _parse_int,
+    "float": _parse_float,
+    "duration": _parse_duration,
+    "size": _parse_size,
+    "bool": _parse_bool,
+    "str": _parse_str,
+    "optional_str": _parse_optional_str,
+    "paths": _parse_paths,
+}
+
+
+def _parse(spec: FieldSpec, value: object) -> Any:
+    """The parsed, checked value for *spec*; raises :class:`_Invalid`."""
+    if value is None and spec.type != "optional_str":
+        raise _Invalid("must not be null")
+    if spec.type == "enum":
+        if not isinstance(value, str):
+            raise _Invalid(f"must be one of {', '.join(spec.choices)}, not {_type_name(value)}")
+        text = value.strip()
+        text = text.upper() if spec.case == "upper" else text.lower() if spec.case else text
+        if text not in spec.choices:
+            raise _Invalid(f"must be one of {', '.join(spec.choices)}")
+        return text
+    parsed = _PARSERS[spec.type](value)
+    if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+        _check_range(spec, parsed)
+    return parsed
+
+
+def _check_range(spec: FieldSpec, number: float) -> None:
+    lo, hi = spec.minimum, spec.maximum
+    low_ok = lo is None or (number > lo if spec.exclusive_minimum else number >= lo)
+    high_ok = hi is None or number <= hi
+    if low_ok and high_ok:
+        return
+    if lo is not None and hi is not None and not spec.exclusive_minimum:
+        lo_text, hi_text = _fmt_number(lo, spec.type), _fmt_number(hi, spec.type)
+        raise _Invalid(f"must be between {lo_text} and {hi_text}")
+    if not low_ok and lo is not None:
+        bound = _fmt_number(lo, spec.type)
+        if spec.exclusive_minimum:
+            raise _Invalid(f"must be greater than {bound}")
+        raise _Invalid(f"must be at least {bound}")
+    raise _Invalid(f"must be at most {_fmt_number(hi or 0, spec.type)}")
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that also records duplicate mapping keys (YAML keeps the last)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    self.duplicates.append((key_node.value, key_node.start_mark.line + 1))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: str, source: str) -> tuple[object, list[Problem]]:
+    """The parsed document (None if empty or unreadable) and the problems found."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None, [Problem("", NO_VALUE, "file not found", source)]
+    except IsADirectoryError:
+        return None, [Problem("", NO_VALUE, "is a directory, not a file", source)]
+    except UnicodeDecodeError as exc:
+        return None, [Problem("", NO_VALUE, f"not valid UTF-8 ({exc.reason})", source)]
+    except OSError as exc:
+        return None, [Problem("", NO_VALUE, f"cannot be read: {exc.strerror or exc}", source)]
+    loader = _Loader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = ": ".join(part for part in (exc.context, exc.problem) if part)
+        return None, [Problem("", NO_VALUE, f"invalid YAML at {where}: {what}", source)]
+    except yaml.YAMLError as exc:
+        return None, [Problem("", NO_VALUE, f"invalid YAML: {exc}", source)]
+    finally:
+        loader.dispose()
+    problems = [
+        Problem(
+            "", NO_VALUE, f"duplicate key {key!r} at line {line} (the last one would win)", source
+        )
+        for key, line in loader.duplicates
+    ]
+    return document, problems
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _closest(name: str, candidates: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _did_you_mean(match: str | None) -> str:
+    return f" (did you mean {match!r}?)" if match else ""
+
+
+_SECRET_HINT = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+
+
+class _Builder:
+    """Accumulates layers of values and every problem found in them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {spec.path: spec.default for spec in FIELDS}
+        self.sources: dict[str, str] = dict.fromkeys(self.values, "defaults")
+        self.bad: set[str] = set()
+        self.problems: list[Problem] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> _Builder:
+        builder = cls()
+        for spec in FIELDS:
+            builder.values[spec.path] = config.get(spec.path)
+            builder.sources[spec.path] = "current configuration"
+        return builder
+
+    def problem(self, path: str, value: object, reason: str, source: str) -> None:
+        spec = FIELDS_BY_PATH.get(path)
+        if spec is not None and spec.secret and value is not None and value is not NO_VALUE:
+            value = REDACTED
+        self.problems.append(Problem(path, value, reason, source))
+
+    def set(self, spec: FieldSpec, value: object, source: str) -> None:
+        try:
+            parsed = _parse(spec, value)
+        except _Invalid as exc:
+            self.problem(spec.path, value, str(exc), source)
+            self.bad.add(spec.path)
+            return
+        self.values[spec.path] = parsed
+        self.sources[spec.path] = source
+
+    def unknown(self, path: str, value: object, source: str) -> None:
+        match = _closest(path, FIELDS_BY_PATH)
+        spec = FIELDS_BY_PATH.get(match) if match else None
+        if isinstance(value, (dict, list)):
+            value = NO_VALUE
+        elif (spec is not None and spec.secret) or _SECRET_HINT.search(path):
+            value = REDACTED  # a misspelt secret is still a secret
+        reason = f"unknown key {path!r}{_did_you_mean(match)}"
+        self.problems.append(Problem(path, value, reason, source))
+
+    def apply_file(self, path: str) -> None:
+        source = f"file {path}"
+        document, problems = _read_yaml(path, source)
+        self.problems.extend(problems)
+        if document is None:
+            return
+        if not isinstance(document, dict):
+            self.problems.append(
+                Problem(
+                    "",
+                    NO_VALUE,
+                    f"the top level must be a mapping of sections, not {_type_name(document)}",
+                    source,
+                )
+            )
+            return
+        for name, body in document.items():
+            name = str(name)
+            if name in TOP_LEVEL_KEYS:
+                self.set(FIELDS_BY_PATH[name], body, source)
+            elif name in SECTIONS:
+                self._apply_section(name, body, source)
+            else:
+                hint = _did_you_mean(_closest(name, [*SECTIONS, *TOP_LEVEL_KEYS]))
+                value = NO_VALUE if isinstance(body, (dict, list)) else body
+                if _SECRET_HINT.search(name) and value is not NO_VALUE:
+                    value = REDACTED
+                self.problems.append(
+                    Problem(name, value, f"unknown section {name!r}{hint}", source)
+                )
+
+    def _apply_section(self, section: str, body: object, source: str) -> None:
+        if body is None:  # an empty section (every key commented out)
+            return
+        if not isinstance(body, dict):
+            self.problems.append(
+                Problem(
+                    section,
+                    body,
+                    f"section {section!r} must be a mapping of keys, not {_type_name(body)}",
+                    source,
+                )
+            )
+            return
+        for key, value in body.items():
+            path = f"{section}.{key}"
+            spec = FIELDS_BY_PATH.get(path)
+            if spec is None:
+                self.unknown(path, value, source)
+            else:
+                self.set(spec, value, source)
+
+    def apply_env(self, env: Mapping[str, str]) -> None:
+        for spec in FIELDS:
+            # lowest priority first, so the primary name wins over its aliases
+            for name in reversed(spec.env):
+                raw = env.get(name)
+                if raw is None or (raw == "" and spec.type != "optional_str"):
+                    continue
+                self.set(spec, raw, f"env {name}")
+
+    def apply_overrides(
+        self, overrides: Mapping[str, Any], source: str, *, skip_none: bool
+    ) -> None:
+        for path, value in overrides.items():
+            if value is None and skip_none:
+                continue
+            spec = FIELDS_BY_PATH.get(path)
+            if spec is None:
+                self.unknown(path, value, source)
+            else:
+                self.set(spec, value, source)
+
+    def cross_check(self) -> None:
+        def check(low: str, high: str, words: str) -> None:
+            if low in self.bad or high in self.bad:
+                return
+            lo, hi = self.values[low], self.values[high]
+            if hi < lo:
+                shown = _show(lo)
+                self.problem(
+                    high,
+                    hi,
+                    f"must be {words} {low} ({shown}, from {self.sources[low]})",
+                    self.sources[high],
+                )
+
+        check("websocket.heartbeat_interval", "websocket.heartbeat_timeout", "at least")
+        check("scaling.min_instances", "scaling.max_instances", "at least")
+
+    def build(self, source_path: str | None) -> Config:
+        self.cross_check()
+        if self.problems:
+            raise ConfigError(self.problems)
+        return _make_config(self.values, source_path)
+
+
+def _make_config(values: Mapping[str, Any], source_path: str | None) -> Config:
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
+    for spec in FIELDS:
+        if spec.section is None:
+            top[spec.path] = values[spec.path]
+        else:
+            sections[spec.section][spec.key] = values[spec.path]
+    built = {name: SECTION_TYPES[name](**kwargs) for name, kwargs in sections.items()}
+    return Config(**top, **built, source_path=source_path)
+
+
+def _resolve_path(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str], use_default_path: bool
+) -> str | None:
+    if path is not None:
+        return os.fspath(path)
+    named = env.get(CONFIG_PATH_ENV)
+    if named:
+        return named
+    if use_default_path and os.path.isfile(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def default_config() -> Config:
+    """The built-in defaults, with no file, environment or overrides."""
+    return _make_config({spec.path: spec.default for spec in FIELDS}, None)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    use_default_path: bool = True,
+) -> Config:
+    """Load defaults < YAML file < environment < overrides; raise :class:`ConfigError`.
+
+    *path* None means ``env[AIOSRV_CONFIG]`` if set, else ``config/deployment.yaml``
+    if it exists and *use_default_path*, else no file. *env* None means
+    ``os.environ``. *overrides* maps dotted key paths to values (strings are parsed
+    like environment values); None values are skipped (a flag not given).
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    file_path = _resolve_path(path, environ, use_default_path)
+    builder = _Builder()
+    if file_path is not None:
+        builder.apply_file(file_path)
+    builder.apply_env(environ)
+    if overrides:
+        builder.apply_overrides(overrides, "override", skip_none=True)
+    return builder.build(file_path)
+
+
+def check_file(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem with a configuration file (plus *env*, default none); never raises."""
+    builder = _Builder()
+    builder.apply_file(os.fspath(path))
+    builder.apply_env({} if env is None else env)
+    builder.cross_check()
+    return builder.problems
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key whose value differs between two configurations."""
+
+    path: str
+    old: Any  # REDACTED for a secret that is set
+    new: Any
+    live: bool  # True: applied on reload; False: needs a restart
+
+    def __str__(self) -> str:
+        when = "live" if self.live else "restart needed"
+        return f"{self.path}: {_show(self.old)} -> {_show(self.new)} ({when})"
+
+
+def _shown(spec: FieldSpec, value: Any) -> Any:
+    if spec.secret and value is not None:
+        return REDACTED
+    return list(value) if isinstance(value, tuple) else value
+
+
+def diff_config(old: Config, new: Config) -> list[Change]:
+    """The keys whose values differ, in :data:`FIELDS` order."""
+    changes: list[Change] = []
+    for spec in FIELDS:
+        before, after = old.get(spec.path), new.get(spec.path)
+        if before != after:
+            changes.append(Change(spec.path, _shown(spec, before), _shown(spec, after), spec.live))
+    return changes
+
+
+def apply_live(old: Config, new: Config) -> tuple[Config, list[Change]]:
+    """The configuration to run with after a hot reload.
+
+    Live keys take their value from *new*; restart-only keys keep their value
+    from *old*. Returns ``(effective, changes_needing_a_restart)``.
+    """
+    values = {spec.path: (new if spec.live else old).get(spec.path) for spec in FIELDS}
+    effective = _make_config(values, new.source_path)
+    pending = [change for change in diff_config(old, new) if not change.live]
+    return effective, pending
+
+
+def _fmt_default(spec: FieldSpec) -> str:
+    value = spec.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if spec.type == "size":
+        return f"`{value}` ({_fmt_size(value)})"
+    if spec.type == "duration":
+        return f"`{value * 1000:g}ms`" if value < 1 else f"`{value:g}s`"
+    if isinstance(value, tuple):
+        return "`" + ", ".join(value) + "`"
+    return f"`{value}`"
+
+
+def env_table_markdown() -> str:
+    """A markdown table of the environment variables, for the README and docs."""
+    rows = [
+        "| Env var | Key | Default | Live/restart | Description |",
+        "|---|---|---|---|---|",
+        f"| `{CONFIG_PATH_ENV}` | (config file) | `{DEFAULT_CONFIG_PATH}` if it exists | "
+        "restart | Path of the YAML configuration file. |",
+    ]
+    for spec in FIELDS:
+        for index, name in enumerate(spec.env):
+            description = spec.description
+            if spec.constraint:
+                description += f" ({spec.constraint})"
+            if spec.secret:
+                description += " Secret: shown as `***`."
+            if index:
+                description = f"Alias of `{spec.env[0]}`, used when that is unset."
+            when = "live" if spec.live else "restart"
+            cells = [f"`{name}`", f"`{spec.path}`", _fmt_default(spec), when, description]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _check_schema() -> None:
+    """FIELDS and the section dataclasses must describe the same keys."""
+    declared = {
+        f"{name}.{f.name}" for name, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)
+    } | {f.name for f in dataclasses.fields(Config) if f.name not in SECTION_TYPES}
+    declared.discard("source_path")
+    if declared != set(FIELDS_BY_PATH) or set(SECTION_TYPES) != set(SECTIONS):
+        raise RuntimeError(f"config schema mismatch: {declared ^ set(FIELDS_BY_PATH)}")
+
+
+_check_schema()

@@ -1,0 +1,98 @@
+"""Built-in data sources: the ``status``, ``stats`` and ``health`` types.
+
+Every ``sources.interval`` seconds the server samples its own state (the same
+snapshots ``/status``, ``/stats`` and ``/health`` answer with) and publishes a
+type when its value changed, and at least every ``sources.max_silence``
+seconds, so a fresh subscriber never waits long for its first message.
+Fields that change on every sample (timestamps, uptime) do not count as a
+change. The interval's own delay also gives the event loop lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import ClientError
+from .stats import health_snapshot, stats_snapshot, status_snapshot
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("aiosrv.sources")
+
+VOLATILE = ("timestamp", "uptime_seconds")
+
+SOURCES: dict[str, Callable[[Server], dict[str, Any]]] = {
+    "status": status_snapshot,
+    "stats": stats_snapshot,
+    "health": health_snapshot,
+}
+
+
+def _signature(snapshot: dict[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in snapshot.items() if k not in VOLATILE},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+class Sources:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._task: asyncio.Task[None] | None = None
+        self._last_sig: dict[str, bytes] = {}
+        self._last_sent: dict[str, float] = {}
+        self.published = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="aiosrv-sources")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            interval = self.server.config.sources.interval
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.server.sampler.loop_lag = max(0.0, loop.time() - expected)
+            try:
+                await self.tick(loop.time())
+            except Exception:
+                log.exception("built-in sources tick failed")
+
+    async def tick(self, now: float) -> int:
+        """Sample and publish what changed; returns how many types were published."""
+        server = self.server
+        server.sampler.sample(server, force=True)
+        cfg = server.config.sources
+        if not cfg.enabled or server.draining:
+            return 0
+        n = 0
+        for type_, make in SOURCES.items():
+            snap = make(server)
+            sig = _signature(snap)
+            last = self._last_sent.get(type_)
+            if sig == self._last_sig.get(type_) and last is not None and now - last < cfg.max_silence:
+                continue
+            try:
+                await server.hub.publish(type_, snap)
+            except ClientError as exc:  # queue full or broker down: try next tick
+                log.warning("built-in source %s not published: %s", type_, exc.message)
+                continue
+            self._last_sig[type_] = sig
+            self._last_sent[type_] = now
+            server.stats.published_sources += 1
+            n += 1
+        self.published += n
+        return n

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Install the real programs the test suite drives, from Debian's packages,
+# when they are missing. Tests never skip for a missing program: they fail
+# with a message that points here.
+set -e
+need=""
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing:$need"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+    else
+        echo "missing programs:$need (install them with your package manager)" >&2
+        exit 1
+    fi
+fi

@@ -1,0 +1,855 @@
+"""Tests of aiosrv.config: defaults, layering, parsing, problems, reload helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiosrv.config import (
+    CONFIG_PATH_ENV,
+    DEFAULT_CONFIG_PATH,
+    ENV_VARS,
+    FIELDS,
+    ApiConfig,
+    Change,
+    Config,
+    ConfigError,
+    Problem,
+    RedisConfig,
+    WebSocketConfig,
+    apply_live,
+    check_file,
+    default_config,
+    diff_config,
+    env_table_markdown,
+    load_config,
+)
+from aiosrv.errors import AiosrvError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = REPO_ROOT / "config" / "deployment.yaml"
+DOCS = REPO_ROOT / "docs" / "configuration.md"
+
+OPERATIONS_GUIDE_EXAMPLE = """\
+environment: production
+websocket:
+  host: "0.0.0.0"
+  port: 8765
+  max_connections: 2000
+  max_subscriptions_per_client: 200
+  heartbeat_interval: 30.0
+service_discovery:
+  backend: consul
+  consul_host: consul.example.com
+  consul_port: 8500
+scaling:
+  min_instances: 3
+  max_instances: 10
+  target_cpu_utilization: 70.0
+  target_memory_utilization: 80.0
+monitoring:
+  enabled: true
+  metrics_port: 9090
+  prometheus_enabled: true
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None, **kw: Any) -> Config:
+    """load_config isolated from the process environment and the working directory."""
+    return load_config(path, env={} if env is None else env, use_default_path=False, **kw)
+
+
+def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, Problem]:
+    return {p.path: p for p in exc.value.problems}
+
+
+# --------------------------------------------------------------------------- defaults
+
+EXPECTED_DEFAULTS: dict[str, Any] = {
+    "environment": "development",
+    "websocket.host": "0.0.0.0",
+    "websocket.port": 8765,
+    "websocket.paths": ("/ws/realtime", "/ws", "/"),
+    "websocket.max_connections": 10000,
+    "websocket.max_subscriptions_per_client": 100,
+    "websocket.heartbeat_interval": 30.0,
+    "websocket.heartbeat_timeout": 60.0,
+    "websocket.max_message_size": 1048576,
+    "websocket.send_buffer_limit": 1048576,
+    "websocket.allow_client_publish": False,
+    "api.host": "0.0.0.0",
+    "api.port": 8080,
+    "api.token": None,
+    "monitoring.enabled": True,
+    "monitoring.metrics_port": 9090,
+    "monitoring.prometheus_enabled": True,
+    "broadcast.batch_size": 100,
+    "broadcast.flush_interval": 0.05,
+    "broadcast.queue_limit": 10000,
+    "history.size": 50,
+    "broker.engine": "memory",
+    "redis.host": "localhost",
+    "redis.port": 6379,
+    "redis.db": 0,
+    "redis.password": None,
+    "redis.channel_prefix": "aiosrv",
+    "logging.level": "INFO",
+    "logging.file": None,
+    "sources.enabled": True,
+    "sources.interval": 1.0,
+    "sources.max_silence": 5.0,
+    "shutdown.grace_period": 10.0,
+    "diagnostics.tracemalloc": False,
+    "service_discovery.backend": "none",
+    "service_discovery.consul_host": "localhost",
+    "service_discovery.consul_port": 8500,
+    "scaling.min_instances": 1,
+    "scaling.max_instances": 1,
+    "scaling.target_cpu_utilization": 70.0,
+    "scaling.target_memory_utilization": 80.0,
+}
+
+
+def test_fields_cover_exactly_the_schema() -> None:
+    assert [spec.path for spec in FIELDS] == list(EXPECTED_DEFAULTS)
+
+
+@pytest.mark.parametrize(("path", "expected"), list(EXPECTED_DEFAULTS.items()))
+def test_default_value(path: str, expected: Any) -> None:
+    cfg = default_config()
+    value = cfg.get(path)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_defaults_attribute_access_and_dataclass_defaults() -> None:
+    cfg = default_config()
+    assert cfg.websocket.port == 8765
+    assert cfg.broadcast.flush_interval == 0.05
+    assert cfg.logging.level == "INFO"
+    assert cfg.source_path is None
+    # the dataclasses take their defaults from FIELDS too
+    assert Config() == cfg
+    assert WebSocketConfig().heartbeat_timeout == 60.0
+    assert RedisConfig().channel_prefix == "aiosrv"
+
+
+def test_config_is_frozen() -> None:
+    cfg = default_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.websocket.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.environment = "x"  # type: ignore[misc]
+
+
+def test_no_file_when_nothing_names_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(env={})
+    assert cfg == default_config()
+    assert cfg.source_path is None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_operations_guide_example_loads(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, OPERATIONS_GUIDE_EXAMPLE))
+    assert cfg.environment == "production"
+    assert cfg.websocket.host == "0.0.0.0"
+    assert cfg.websocket.port == 8765
+    assert cfg.websocket.max_connections == 2000
+    assert cfg.websocket.max_subscriptions_per_client == 200
+    assert cfg.websocket.heartbeat_interval == 30.0
+    assert cfg.service_discovery.backend == "consul"
+    assert cfg.service_discovery.consul_host == "consul.example.com"
+    assert cfg.service_discovery.consul_port == 8500
+    assert cfg.scaling.min_instances == 3
+    assert cfg.scaling.max_instances == 10
+    assert cfg.scaling.target_cpu_utilization == 70.0
+    assert cfg.scaling.target_memory_utilization == 80.0
+    assert cfg.monitoring.enabled is True
+    assert cfg.monitoring.metrics_port == 9090
+    assert cfg.monitoring.prometheus_enabled is True
+    # everything else stays at its default
+    assert cfg.websocket.heartbeat_timeout == 60.0
+    assert cfg.broker.engine == "memory"
+
+
+def test_shipped_deployment_yaml_is_the_defaults_plus_a_log_file() -> None:
+    assert check_file(str(SHIPPED)) == []
+    cfg = load(str(SHIPPED))
+    assert cfg.source_path == str(SHIPPED)
+    assert cfg.logging.file == "logs/websocket-server.log"
+    expected = default_config().replace(**{"logging.file": "logs/websocket-server.log"})
+    assert cfg.to_dict(redact=False) == expected.to_dict(redact=False)
+    assert [c.path for c in diff_config(default_config(), cfg)] == ["logging.file"]
+
+
+def test_shipped_file_is_found_by_default_from_the_repository_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = load_config(env={})
+    assert cfg.source_path == DEFAULT_CONFIG_PATH
+    assert cfg.logging.file == "logs/websocket-server.log"
+    assert load_config(env={}, use_default_path=False).source_path is None
+
+
+def test_config_path_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # where the default file would otherwise be found
+    path = write(tmp_path, "history:\n  size: 7\n")
+    cfg = load_config(env={CONFIG_PATH_ENV: path})
+    assert cfg.history.size == 7
+    assert cfg.source_path == path
+    # an explicit path wins over the variable
+    other = write(tmp_path, "history:\n  size: 8\n", "other.yaml")
+    assert load_config(other, env={CONFIG_PATH_ENV: path}).history.size == 8
+
+
+def test_empty_file_and_empty_sections_are_fine(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")) == dataclasses.replace(
+        default_config(), source_path=str(tmp_path / "config.yaml")
+    )
+    cfg = load(write(tmp_path, "# only comments\nwebsocket:\nhistory: {}\n"))
+    assert cfg.websocket == WebSocketConfig()
+
+
+def test_missing_file_is_a_problem(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load(missing)
+    [problem] = exc.value.problems
+    assert problem.source == f"file {missing}"
+    assert problem.reason == "file not found"
+    assert str(problem) == f"file {missing}: file not found"
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(env={CONFIG_PATH_ENV: missing})
+
+
+def test_yaml_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "websocket:\n  port: 8765\n  host: [unclosed\napi:\n  port: 1\n")
+    [problem] = check_file(path)
+    assert problem.path == ""
+    assert problem.source == f"file {path}"
+    assert "invalid YAML at line " in problem.reason
+    assert "column" in problem.reason
+    bad = write(tmp_path, "websocket:\n  port: 8765\n   host: x\n", "bad2.yaml")
+    [problem] = check_file(bad)
+    assert "invalid YAML at line 3, column" in problem.reason
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(write(tmp_path, "- websocket\n- api\n"))
+    [problem] = exc.value.problems
+    assert "top level must be a mapping" in problem.reason
+    assert "a list" in problem.reason
+    [problem] = check_file(write(tmp_path, "just a string\n", "s.yaml"))
+    assert "top level must be a mapping" in problem.reason
+
+
+def test_section_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(write(tmp_path, "websocket: 8765\n"))
+    [problem] = exc.value.problems
+    assert problem.path == "websocket"
+    assert problem.value == 8765
+    assert "section 'websocket' must be a mapping" in problem.reason
+
+
+def test_every_problem_is_collected_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        websocket:
+          port: 70000
+          prot: 8765
+          max_connections: zero
+        broadcast:
+          flush_interval: 99s
+        """,
+    )
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    problems = problems_of(exc)
+    assert len(exc.value.problems) == 4
+    assert set(problems) == {
+        "websocket.port",
+        "websocket.prot",
+        "websocket.max_connections",
+        "broadcast.flush_interval",
+    }
+    assert problems["websocket.port"].reason == "must be between 1 and 65535"
+    assert problems["websocket.max_connections"].reason == "must be an integer"
+    assert problems["broadcast.flush_interval"].reason == "must be between 0 and 10"
+    assert problems["websocket.prot"].reason == (
+        "unknown key 'websocket.prot' (did you mean 'websocket.port'?)"
+    )
+    assert all(p.source == f"file {path}" for p in exc.value.problems)
+    text = str(exc.value)
+    assert len(text.splitlines()) == 4
+    assert f"websocket.port = 70000 (from file {path}): must be between 0 and 65535" in text
+    assert isinstance(exc.value, ValueError)
+    assert isinstance(exc.value, AiosrvError)
+    # check_file reports the same problems without raising
+    assert [str(p) for p in check_file(path)] == [str(p) for p in exc.value.problems]
+
+
+def test_unknown_section_suggests_the_right_one(tmp_path: Path) -> None:
+    [problem] = check_file(write(tmp_path, "websocet:\n  port: 1\n"))
+    assert problem.path == "websocet"
+    assert problem.reason == "unknown section 'websocet' (did you mean 'websocket'?)"
+    [problem] = check_file(write(tmp_path, "zzz: 1\n", "z.yaml"))
+    assert problem.reason == "unknown section 'zzz'"
+
+
+def test_duplicate_keys_are_reported(tmp_path: Path) -> None:
+    [problem] = check_file(write(tmp_path, "history:\n  size: 1\nhistory:\n  size: 2\n"))
+    assert problem.reason == "duplicate key 'history' at line 3 (the last one would win)"
+
+
+def test_bool_is_not_an_int(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(write(tmp_path, "websocket:\n  port: true\n  max_message_size: false\n"))
+    problems = problems_of(exc)
+    assert problems["websocket.port"].reason == "must be an integer, not a boolean"
+    assert problems["websocket.max_message_size"].reason == (
+        "must be a size in bytes, not a boolean"
+    )
+    with pytest.raises(ConfigError, match="not a boolean"):
+        load(overrides={"history.size": True})
+
+
+def test_wrong_types_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        websocket:
+          max_connections: 10.5
+          paths: ["/ok", "nope"]
+          host: 12
+        logging:
+          level: LOUD
+        broker:
+          engine: kafka
+        """,
+    )
+    problems = {p.path: p.reason for p in check_file(path)}
+    assert problems == {
+        "websocket.max_connections": "must be an integer, not a number",
+        "websocket.paths": "each path must start with '/' (got 'nope')",
+        "websocket.host": "must be a string, not an integer (quote it in YAML)",
+        "logging.level": "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        "broker.engine": "must be one of memory, redis",
+    }
+
+
+def test_null_for_a_required_key_is_refused(tmp_path: Path) -> None:
+    [problem] = check_file(write(tmp_path, "websocket:\n  port:\n"))
+    assert (problem.path, problem.value, problem.reason) == (
+        "websocket.port",
+        None,
+        "must not be null",
+    )
+
+
+def test_heartbeat_timeout_below_interval_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "websocket:\n  heartbeat_interval: 90s\n")
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    [problem] = exc.value.problems
+    assert problem.path == "websocket.heartbeat_timeout"
+    assert problem.value == 60.0
+    assert problem.source == "defaults"
+    assert problem.reason == (
+        f"must be at least websocket.heartbeat_interval (90.0, from file {path})"
+    )
+    # equal is fine, and raising both together is fine
+    assert load(env={"HEARTBEAT_INTERVAL": "60"}).websocket.heartbeat_timeout == 60.0
+    cfg = load(path, env={"HEARTBEAT_TIMEOUT": "3m"})
+    assert (cfg.websocket.heartbeat_interval, cfg.websocket.heartbeat_timeout) == (90.0, 180.0)
+
+
+def test_scaling_max_below_min_is_refused() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(overrides={"scaling.min_instances": 3})
+    [problem] = exc.value.problems
+    assert problem.path == "scaling.max_instances"
+    assert problem.reason == "must be at least scaling.min_instances (3, from override)"
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_precedence_defaults_file_env_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "websocket:\n  port: 9001\n")
+    assert load().websocket.port == 8765
+    assert load(path).websocket.port == 9001
+    assert load(path, env={"WEBSOCKET_PORT": "9002"}).websocket.port == 9002
+    cfg = load(path, env={"WEBSOCKET_PORT": "9002"}, overrides={"websocket.port": 9003})
+    assert cfg.websocket.port == 9003
+    # an override given as a string is parsed like an environment value
+    assert load(path, overrides={"websocket.port": "9004"}).websocket.port == 9004
+    # None means "flag not given"
+    assert load(path, overrides={"websocket.port": None}).websocket.port == 9001
+
+
+def test_env_none_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBSOCKET_PORT", "9100")
+    monkeypatch.delenv(CONFIG_PATH_ENV, raising=False)
+    assert load_config(use_default_path=False).websocket.port == 9100
+
+
+def test_problem_sources_name_the_layer(tmp_path: Path) -> None:
+    path = write(tmp_path, "history:\n  size: -1\n")
+    with pytest.raises(ConfigError) as exc:
+        load(path, env={"REDIS_DB": "16"}, overrides={"broadcast.batch_size": 0, "api.prot": 1})
+    problems = problems_of(exc)
+    assert problems["history.size"].source == f"file {path}"
+    assert problems["redis.db"].source == "env REDIS_DB"
+    assert problems["broadcast.batch_size"].source == "override"
+    assert str(problems["redis.db"]) == (
+        "redis.db = 16 (from env REDIS_DB): must be between 0 and 15"
+    )
+    assert str(problems["broadcast.batch_size"]) == (
+        "broadcast.batch_size = 0 (from override): must be between 1 and 100000"
+    )
+    assert problems["api.prot"].reason == "unknown key 'api.prot' (did you mean 'api.port'?)"
+
+
+def test_env_port_problem_message() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(env={"WEBSOCKET_PORT": "70000"})
+    assert str(exc.value) == (
+        "websocket.port = 70000 (from env WEBSOCKET_PORT): must be between 1 and 65535"
+    )
+
+
+ENV_SAMPLES: list[tuple[str, str, str, Any]] = [
+    ("ENVIRONMENT", "staging", "environment", "staging"),
+    ("WEBSOCKET_HOST", "127.0.0.1", "websocket.host", "127.0.0.1"),
+    ("WEBSOCKET_PORT", "9000", "websocket.port", 9000),
+    ("MAX_CONNECTIONS", "50", "websocket.max_connections", 50),
+    ("MAX_SUBSCRIPTIONS_PER_CLIENT", "7", "websocket.max_subscriptions_per_client", 7),
+    ("HEARTBEAT_INTERVAL", "15s", "websocket.heartbeat_interval", 15.0),
+    ("HEARTBEAT_TIMEOUT", "2m", "websocket.heartbeat_timeout", 120.0),
+    ("MAX_MESSAGE_SIZE", "512KiB", "websocket.max_message_size", 524288),
+    ("SEND_BUFFER_LIMIT", "2MB", "websocket.send_buffer_limit", 2000000),
+    ("ALLOW_CLIENT_PUBLISH", "yes", "websocket.allow_client_publish", True),
+    ("API_HOST", "127.0.0.2", "api.host", "127.0.0.2"),
+    ("API_PORT", "8081", "api.port", 8081),
+    ("API_TOKEN", "s3cret", "api.token", "s3cret"),
+    ("MONITORING_ENABLED", "off", "monitoring.enabled", False),
+    ("METRICS_PORT", "9191", "monitoring.metrics_port", 9191),
+    ("PROMETHEUS_ENABLED", "0", "monitoring.prometheus_enabled", False),
+    ("BROADCAST_BATCH_SIZE", "250", "broadcast.batch_size", 250),
+    ("BROADCAST_FLUSH_INTERVAL", "10ms", "broadcast.flush_interval", 0.01),
+    ("QUEUE_LIMIT", "500", "broadcast.queue_limit", 500),
+    ("MAX_QUEUE_SIZE", "600", "broadcast.queue_limit", 600),
+    ("HISTORY_SIZE", "0", "history.size", 0),
+    ("BROKER", "redis", "broker.engine", "redis"),
+    ("REDIS_HOST", "redis.internal", "redis.host", "redis.internal"),
+    ("REDIS_PORT", "6380", "redis.port", 6380),
+    ("REDIS_DB", "3", "redis.db", 3),
+    ("REDIS_PASSWORD", "pw", "redis.password", "pw"),
+    ("REDIS_PREFIX", "prod", "redis.channel_prefix", "prod"),
+    ("LOG_LEVEL", "debug", "logging.level", "DEBUG"),
+    ("LOG_FILE", "/var/log/aiosrv.log", "logging.file", "/var/log/aiosrv.log"),
+    ("SOURCES_ENABLED", "false", "sources.enabled", False),
+    ("SOURCES_INTERVAL", "250ms", "sources.interval", 0.25),
+    ("SOURCES_MAX_SILENCE", "30", "sources.max_silence", 30.0),
+    ("SHUTDOWN_GRACE_PERIOD", "0", "shutdown.grace_period", 0.0),
+    ("TRACEMALLOC", "TRUE", "diagnostics.tracemalloc", True),
+    ("CONSUL_HOST", "consul.example.com", "service_discovery.consul_host", "consul.example.com"),
+]
+
+
+def test_env_samples_cover_every_env_var() -> None:
+    assert {name for name, *_ in ENV_SAMPLES} == set(ENV_VARS)
+    assert ENV_VARS["MAX_QUEUE_SIZE"] == "broadcast.queue_limit"
+    assert ENV_VARS["QUEUE_LIMIT"] == "broadcast.queue_limit"
+    assert ENV_VARS["LOG_LEVEL"] == "logging.level"
+
+
+@pytest.mark.parametrize(("name", "raw", "path", "expected"), ENV_SAMPLES)
+def test_env_var(name: str, raw: str, path: str, expected: Any) -> None:
+    env = {name: raw}
+    if name == "HEARTBEAT_INTERVAL":
+        env["HEARTBEAT_TIMEOUT"] = "60"
+    cfg = load(env=env)
+    assert ENV_VARS[name] == path
+    if isinstance(expected, float):
+        assert cfg.get(path) == pytest.approx(expected)
+    else:
+        assert cfg.get(path) == expected
+    assert type(cfg.get(path)) is type(expected)
+
+
+def test_queue_limit_wins_over_its_alias() -> None:
+    cfg = load(env={"QUEUE_LIMIT": "500", "MAX_QUEUE_SIZE": "600"})
+    assert cfg.broadcast.queue_limit == 500
+    with pytest.raises(ConfigError) as exc:
+        load(env={"MAX_QUEUE_SIZE": "0"})
+    assert exc.value.problems[0].source == "env MAX_QUEUE_SIZE"
+
+
+def test_empty_env_values() -> None:
+    # an empty optional string clears it; an empty required value counts as unset
+    cfg = load(env={"API_TOKEN": "", "WEBSOCKET_PORT": "", "LOG_FILE": ""})
+    assert cfg.api.token is None
+    assert cfg.websocket.port == 8765
+    assert cfg.logging.file is None
+    cfg = load(env={"LOG_FILE": ""}, path=str(SHIPPED))
+    assert cfg.logging.file is None
+
+
+def test_env_vars_outside_the_table_are_ignored() -> None:
+    assert load(env={"PORT": "1", "HOME": "/root", "websocket_port": "1"}) == default_config()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("50ms", 0.05),
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("1.5", 1.5),
+        ("1h", 3600.0),
+        ("  2 s ", 2.0),
+        ("0.5S", 0.5),
+        (3, 3.0),
+        (0.25, 0.25),
+    ],
+)
+def test_duration_parsing(raw: object, seconds: float) -> None:
+    cfg = load(overrides={"shutdown.grace_period": raw})
+    assert cfg.shutdown.grace_period == pytest.approx(seconds)
+    assert isinstance(cfg.shutdown.grace_period, float)
+
+
+@pytest.mark.parametrize("raw", ["soon", "5 minutes", "1d", "", "nan", "inf", [1]])
+def test_bad_durations(raw: object) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(overrides={"sources.interval": raw})
+    [problem] = exc.value.problems
+    assert problem.path == "sources.interval"
+    assert "duration" in problem.reason or "finite" in problem.reason
+
+
+def test_duration_ranges() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(overrides={"sources.interval": "0s", "shutdown.grace_period": "-1"})
+    problems = problems_of(exc)
+    assert problems["sources.interval"].reason == "must be greater than 0"
+    assert problems["shutdown.grace_period"].reason == "must be at least 0"
+    assert load(overrides={"broadcast.flush_interval": 0}).broadcast.flush_interval == 0.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [
+        ("1MiB", 1048576),
+        ("512KiB", 524288),
+        ("1MB", 1000000),
+        ("1mb", 1000000),
+        ("1048576", 1048576),
+        ("2 KiB", 2048),
+        ("1.5MiB", 1572864),
+        ("4096B", 4096),
+        ("64MiB", 64 * 1024 * 1024),
+        (4096, 4096),
+    ],
+)
+def test_size_parsing(raw: object, size: int) -> None:
+    cfg = load(overrides={"websocket.max_message_size": raw})
+    assert cfg.websocket.max_message_size == size
+    assert type(cfg.websocket.max_message_size) is int
+
+
+def test_bad_sizes() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(
+            overrides={
+                "websocket.max_message_size": "65MiB",
+                "websocket.send_buffer_limit": "1000",
+            }
+        )
+    problems = problems_of(exc)
+    assert problems["websocket.max_message_size"].reason == "must be between 125 B and 64 MiB"
+    assert problems["websocket.send_buffer_limit"].reason == "must be at least 1 KiB"
+    for raw in ("big", "1.5", "-1KiB", 1.5):
+        with pytest.raises(ConfigError, match=r"websocket\.max_message_size"):
+            load(overrides={"websocket.max_message_size": raw})
+
+
+def test_sizes_in_yaml(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "websocket:\n  max_message_size: 2MiB\n  send_buffer_limit: 4096\n"))
+    assert cfg.websocket.max_message_size == 2 * 1024 * 1024
+    assert cfg.websocket.send_buffer_limit == 4096
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("true", True), ("FALSE", False), ("1", True), ("0", False), ("yes", True),
+        ("No", False), ("on", True), ("OFF", False), (True, True), (False, False),
+    ],
+)  # fmt: skip
+def test_bool_parsing(raw: object, value: bool) -> None:
+    assert load(overrides={"diagnostics.tracemalloc": raw}).diagnostics.tracemalloc is value
+
+
+def test_bad_bool() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(env={"TRACEMALLOC": "maybe"})
+    [problem] = exc.value.problems
+    assert problem.reason == "must be a boolean (true/false, yes/no, on/off, 1/0)"
+
+
+def test_int_strings() -> None:
+    assert load(overrides={"history.size": " 12 "}).history.size == 12
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load(overrides={"history.size": "12.0"})
+
+
+def test_yaml_bool_words_and_case_normalisation(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        websocket:
+          allow_client_publish: yes
+        logging:
+          level: warning
+        broker:
+          engine: Redis
+        service_discovery:
+          backend: Kubernetes
+        """,
+    )
+    cfg = load(path)
+    assert cfg.websocket.allow_client_publish is True
+    assert cfg.logging.level == "WARNING"
+    assert cfg.broker.engine == "redis"
+    assert cfg.service_discovery.backend == "kubernetes"
+
+
+def test_paths(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "websocket:\n  paths: [/a, /b/c]\n"))
+    assert cfg.websocket.paths == ("/a", "/b/c")
+    assert load(overrides={"websocket.paths": "/x, /y"}).websocket.paths == ("/x", "/y")
+    for bad in ([], "", ["/a", "/a"], "x", [1]):
+        with pytest.raises(ConfigError, match=r"websocket\.paths"):
+            load(overrides={"websocket.paths": bad})
+
+
+def test_optional_strings(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "api:\n  token: abc\nlogging:\n  file: ~\n"))
+    assert cfg.api.token == "abc"
+    assert cfg.logging.file is None
+    [problem] = check_file(write(tmp_path, "logging:\n  file: 5\n", "n.yaml"))
+    assert problem.reason == "must be a string or null, not an integer (quote it in YAML)"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets_redacted_in_to_dict() -> None:
+    cfg = load(env={"API_TOKEN": "tok-123", "REDIS_PASSWORD": "hunter2"})
+    assert cfg.api.token == "tok-123"
+    assert cfg.redis.password == "hunter2"
+    redacted = cfg.to_dict()
+    assert redacted["api"]["token"] == "***"
+    assert redacted["redis"]["password"] == "***"
+    assert "tok-123" not in repr(redacted) and "hunter2" not in repr(redacted)
+    plain = cfg.to_dict(redact=False)
+    assert plain["api"]["token"] == "tok-123"
+    assert plain["redis"]["password"] == "hunter2"
+    # unset secrets stay None; tuples become lists; source_path is not a key
+    assert default_config().to_dict()["api"]["token"] is None
+    assert plain["websocket"]["paths"] == ["/ws/realtime", "/ws", "/"]
+    assert "source_path" not in plain
+
+
+def test_secrets_never_appear_in_problems(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        api:
+          token: 12345678
+        redis:
+          password: [hunter2]
+          pasword: hunter3
+        """,
+    )
+    problems = check_file(path)
+    text = "\n".join(str(p) for p in problems) + repr(problems)
+    for secret in ("12345678", "hunter2", "hunter3"):
+        assert secret not in text
+    by_path = {p.path: p for p in problems}
+    assert str(by_path["api.token"]) == (
+        f"api.token = *** (from file {path}): "
+        "must be a string or null, not an integer (quote it in YAML)"
+    )
+    assert by_path["redis.password"].value == "***"
+    assert by_path["redis.pasword"].value == "***"
+    assert "did you mean 'redis.password'" in by_path["redis.pasword"].reason
+
+
+def test_change_redacts_secrets() -> None:
+    old = default_config()
+    new = old.replace(**{"api.token": "abc"})
+    [change] = diff_config(old, new)
+    assert change == Change("api.token", None, "***", True)
+    [change] = diff_config(new, new.replace(**{"api.token": "xyz"}))
+    assert (change.old, change.new) == ("***", "***")
+
+
+# --------------------------------------------------------------------------- replace / reload
+
+
+def test_replace_validates() -> None:
+    cfg = default_config()
+    changed = cfg.replace(**{"websocket.port": 9999, "logging.level": "debug"})
+    assert changed.websocket.port == 9999
+    assert changed.logging.level == "DEBUG"
+    assert cfg.websocket.port == 8765  # the original is untouched
+    with pytest.raises(ConfigError) as exc:
+        cfg.replace(**{"websocket.port": 0, "websocket.prot": 1})
+    problems = problems_of(exc)
+    assert problems["websocket.port"].reason == "must be between 1 and 65535"
+    assert problems["websocket.port"].source == "override"
+    assert "did you mean 'websocket.port'" in problems["websocket.prot"].reason
+    with pytest.raises(ConfigError, match=r"heartbeat_timeout = 60\.0 \(from current"):
+        cfg.replace(**{"websocket.heartbeat_interval": 61})
+    # replace keeps the source path and may clear an optional key with None
+    loaded = load(str(SHIPPED))
+    assert loaded.replace(**{"logging.file": None}).logging.file is None
+    assert loaded.replace(**{"history.size": 1}).source_path == str(SHIPPED)
+
+
+def test_diff_config_lists_changes_in_order() -> None:
+    old = default_config()
+    new = old.replace(**{"websocket.port": 9000, "history.size": 5, "websocket.paths": "/a"})
+    changes = diff_config(old, new)
+    assert changes == [
+        Change("websocket.port", 8765, 9000, False),
+        Change("websocket.paths", ["/ws/realtime", "/ws", "/"], ["/a"], False),
+        Change("history.size", 50, 5, True),
+    ]
+    assert str(changes[0]) == "websocket.port: 8765 -> 9000 (restart needed)"
+    assert diff_config(old, old) == []
+
+
+def test_apply_live_takes_live_changes_and_keeps_restart_ones() -> None:
+    old = default_config()
+    new = old.replace(
+        **{
+            "websocket.port": 9000,
+            "redis.host": "elsewhere",
+            "websocket.max_connections": 20,
+            "logging.level": "debug",
+            "api.token": "t",
+        }
+    )
+    new = dataclasses.replace(new, source_path="new.yaml")
+    effective, restart = apply_live(old, new)
+    assert effective.websocket.max_connections == 20
+    assert effective.logging.level == "DEBUG"
+    assert effective.api.token == "t"
+    assert effective.websocket.port == 8765
+    assert effective.redis.host == "localhost"
+    assert effective.source_path == "new.yaml"
+    assert restart == [
+        Change("websocket.port", 8765, 9000, False),
+        Change("redis.host", "localhost", "elsewhere", False),
+    ]
+    # reloading the same thing again changes nothing
+    again, restart_again = apply_live(effective, new)
+    assert again == effective
+    assert [c.path for c in restart_again] == ["websocket.port", "redis.host"]
+
+
+def test_live_flags_match_the_schema() -> None:
+    live = {spec.path for spec in FIELDS if spec.live}
+    assert live == {
+        "environment",
+        "websocket.max_connections",
+        "websocket.max_subscriptions_per_client",
+        "websocket.heartbeat_interval",
+        "websocket.heartbeat_timeout",
+        "websocket.max_message_size",
+        "websocket.send_buffer_limit",
+        "websocket.allow_client_publish",
+        "api.token",
+        "broadcast.batch_size",
+        "broadcast.flush_interval",
+        "broadcast.queue_limit",
+        "history.size",
+        "logging.level",
+        "sources.enabled",
+        "sources.interval",
+        "sources.max_silence",
+        "shutdown.grace_period",
+    }
+    assert {spec.path for spec in FIELDS if spec.secret} == {"api.token", "redis.password"}
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def test_env_table_markdown() -> None:
+    table = env_table_markdown()
+    lines = table.splitlines()
+    assert lines[0] == "| Env var | Key | Default | Live/restart | Description |"
+    assert any(
+        line.startswith("| `WEBSOCKET_PORT` | `websocket.port` | `8765` | restart |")
+        for line in lines
+    )
+    assert any(line.startswith("| `MAX_QUEUE_SIZE` | `broadcast.queue_limit` |") for line in lines)
+    assert any(
+        line.startswith("| `LOG_LEVEL` | `logging.level` | `INFO` | live |") for line in lines
+    )
+    for name in ENV_VARS:
+        assert f"| `{name}` |" in table
+    # every row has the same number of cells (pipes in text are escaped)
+    assert {line.replace("\\|", "").count("|") for line in lines} == {6}
+
+
+def test_docs_carry_the_current_env_table() -> None:
+    assert env_table_markdown() in DOCS.read_text(encoding="utf-8")
+
+
+def test_config_error_pickles_and_lists_problems() -> None:
+    error = ConfigError([Problem("a.b", 1, "bad", "override"), Problem("", None, "x", "file f")])
+    assert str(error) == "a.b = 1 (from override): bad\nfile f: x"
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error)
+    assert copy.problems == error.problems
+
+
+def test_config_error_single() -> None:
+    error = ConfigError.single("broker.engine", "redis", "the Redis engine is not available")
+    assert str(error) == (
+        "broker.engine = redis (from configuration): the Redis engine is not available"
+    )
+    assert ConfigError.single("redis.password", "pw", "refused", "redis").problems == [
+        Problem("redis.password", "***", "refused", "redis")
+    ]
+
+
+def test_api_config_defaults() -> None:
+    assert ApiConfig() == default_config().api
