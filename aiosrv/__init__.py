@@ -11,10 +11,10 @@ Use it as a program (``aiosrv serve``) or as a library::
 
 __version__ = "0.1.0"
 
-from .app import REGISTRY, SERVER, create_app  # noqa: E402
-from .broker import Publication  # noqa: E402
-from .config import Config, ConfigError, default_config, load_config  # noqa: E402
-from .server import Server  # noqa: E402
+from .app import REGISTRY, SERVER, create_app
+from .broker import Publication
+from .config import Config, ConfigError, default_config, load_config
+from .server import Server
 
 __all__ = [
     "REGISTRY",

@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--redis-host", help="Redis host (redis.host)")
     s.add_argument("--redis-port", help="Redis port (redis.port)")
     s.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="set any config key, e.g. --set broadcast.batch_size=200 (repeatable)",
     )
 
@@ -80,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "problem with its key path. Exit status 0 when valid, 1 when not.",
     )
     c.add_argument("file", metavar="FILE")
-    c.add_argument("--with-env", action="store_true",
-                   help="also apply the current environment variables")
+    c.add_argument(
+        "--with-env", action="store_true", help="also apply the current environment variables"
+    )
 
     sub.add_parser("version", help="print the version and which core is installed")
     return p

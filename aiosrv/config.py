@@ -228,7 +228,8 @@ FIELDS: tuple[FieldSpec, ...] = (
        "Whether WebSocket clients may publish messages themselves."),
     # api
     _f("api.host", "str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to."),
-    _f("api.port", "int", 8080, "API_PORT", RESTART, "Port of the HTTP API; equal to websocket.port serves both on one listener.",
+    _f("api.port", "int", 8080, "API_PORT", RESTART,
+       "Port of the HTTP API; equal to websocket.port serves both on one listener.",
        minimum=0, maximum=65535),
     _f("api.token", "optional_str", None, "API_TOKEN", LIVE,
        "Token the HTTP API requires from callers; unset = no token required.",

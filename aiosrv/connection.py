@@ -56,7 +56,9 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, server: Server, ws: web.WebSocketResponse, transport: Any, peer: str) -> None:
+    def __init__(
+        self, server: Server, ws: web.WebSocketResponse, transport: Any, peer: str
+    ) -> None:
         self.server = server
         self.ws = ws
         self.peer = peer
@@ -213,7 +215,9 @@ class Connection:
             exc.request_id = req.id
             raise
         self.send_json(
-            protocol.encode_reply("ack", req.id, {"action": "publish", "type": pub.type, "seq": pub.seq})
+            protocol.encode_reply(
+                "ack", req.id, {"action": "publish", "type": pub.type, "seq": pub.seq}
+            )
         )
 
     # -- closing ---------------------------------------------------------------
@@ -241,9 +245,9 @@ class Connection:
         finally:
             # A client that stopped reading never takes the close frame out of
             # the buffer: drop the socket rather than hold its memory.
-            if transport is not None and not transport.is_closing():
-                transport.abort()
-            elif transport is not None and transport.get_write_buffer_size():
+            if (transport is not None and not transport.is_closing()) or (
+                transport is not None and transport.get_write_buffer_size()
+            ):
                 transport.abort()
 
 

@@ -16,7 +16,11 @@ import os
 from . import _fanout_py
 
 NO_EXTENSIONS = os.environ.get("AIOSRV_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
-EXPECT_COMPILED = os.environ.get("AIOSRV_EXPECT_COMPILED", "").strip().lower() in {"1", "true", "yes"}
+EXPECT_COMPILED = os.environ.get("AIOSRV_EXPECT_COMPILED", "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+}
 
 if NO_EXTENSIONS:
     _impl = _fanout_py

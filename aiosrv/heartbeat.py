@@ -61,7 +61,9 @@ class Heartbeat:
                 pass
             if self._wake.is_set():
                 self._wake.clear()
-                next_ping = min(next_ping, loop.time() + self.server.config.websocket.heartbeat_interval)
+                next_ping = min(
+                    next_ping, loop.time() + self.server.config.websocket.heartbeat_interval
+                )
             try:
                 next_ping = self.tick(loop.time(), next_ping)
             except Exception:  # never let one bad tick stop the heartbeat
@@ -77,7 +79,9 @@ class Heartbeat:
             if conn is not None and not conn.closing:
                 server.stats.heartbeat_timeouts += 1
                 log.info(
-                    "Client %s heartbeat timeout: no traffic for %.1fs", conn.id, now - sub.last_seen
+                    "Client %s heartbeat timeout: no traffic for %.1fs",
+                    conn.id,
+                    now - sub.last_seen,
                 )
                 conn.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
         if now >= next_ping:

@@ -129,7 +129,9 @@ class Hub:
         self._admit()
         return await self.broker.publish(type_, data, key)
 
-    async def publish_many(self, items: Sequence[tuple[str, bytes, str | None]]) -> list[Publication]:
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes, str | None]]
+    ) -> list[Publication]:
         """Publish already-validated ``(type, payload_json, key)`` items in order."""
         self._admit(len(items))
         return await self.broker.publish_many(items)
@@ -139,7 +141,9 @@ class Hub:
             self.queue_dropped += 1
             log.warning(
                 "performance: broadcast queue full (%d), dropped %s:%d for local fan-out",
-                len(self.queue), pub.type, pub.seq,
+                len(self.queue),
+                pub.type,
+                pub.seq,
             )
             return
         self.queue.append(pub)

@@ -41,7 +41,8 @@ def memory_report(server: Server) -> list[str]:
     for c in biggest:
         lines.append(
             f"memory report: connection {c.id} peer={c.peer} pending={c.sub.pending_bytes} "
-            f"transport_buffered={c.sub.transport_buffered} subscriptions={c.sub.subscription_count}"
+            f"transport_buffered={c.sub.transport_buffered} "
+            f"subscriptions={c.sub.subscription_count}"
         )
     counts = Counter(type(o).__name__ for o in gc.get_objects())
     lines.append(f"memory report: gc objects={sum(counts.values())} counts={gc.get_count()}")

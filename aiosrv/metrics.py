@@ -39,49 +39,91 @@ class ServerCollector:
             return CounterMetricFamily(name, doc, value=value)
 
         yield gauge("active_connections", "Open WebSocket connections.", len(s.connections))
-        yield gauge("memory_usage_mb", "Resident memory of the process in MiB.", s.sampler.rss / 1048576)
-        yield gauge("cpu_usage_percent", "CPU use of the process in percent of one core.",
-                    s.sampler.cpu_percent)
+        yield gauge(
+            "memory_usage_mb", "Resident memory of the process in MiB.", s.sampler.rss / 1048576
+        )
+        yield gauge(
+            "cpu_usage_percent",
+            "CPU use of the process in percent of one core.",
+            s.sampler.cpu_percent,
+        )
         yield gauge("error_rate", "Error replies per client message, recent.", s.sampler.error_rate)
 
-        yield gauge("aiosrv_connections_limit", "Configured maximum connections.",
-                    s.config.websocket.max_connections)
+        yield gauge(
+            "aiosrv_connections_limit",
+            "Configured maximum connections.",
+            s.config.websocket.max_connections,
+        )
         yield counter("aiosrv_connections", "Connections accepted.", st.connections_total)
-        rej = CounterMetricFamily("aiosrv_connections_rejected", "Upgrades refused.", labels=["reason"])
+        rej = CounterMetricFamily(
+            "aiosrv_connections_rejected", "Upgrades refused.", labels=["reason"]
+        )
         for reason, n in sorted(st.rejected.items()):
             rej.add_metric([reason], n)
         yield rej
-        closes = CounterMetricFamily("aiosrv_disconnects", "Connections closed, by close code.",
-                                     labels=["code"])
-        for code, n in sorted(st.closes.items()):
-            closes.add_metric([str(code)], n)
+        closes = CounterMetricFamily(
+            "aiosrv_disconnects", "Connections closed, by close code.", labels=["code"]
+        )
+        for close_code, count in sorted(st.closes.items()):
+            closes.add_metric([str(close_code)], count)
         yield closes
-        yield gauge("aiosrv_subscriptions", "Subscriptions held by all connections.",
-                    core.subscription_count())
-        yield counter("aiosrv_messages_published", "Messages fanned out by this instance.",
-                      hub.fanned_out)
+        yield gauge(
+            "aiosrv_subscriptions",
+            "Subscriptions held by all connections.",
+            core.subscription_count(),
+        )
+        yield counter(
+            "aiosrv_messages_published", "Messages fanned out by this instance.", hub.fanned_out
+        )
         yield counter("aiosrv_messages_delivered", "Frames queued to receivers.", core.delivered)
-        yield counter("aiosrv_client_messages", "Text messages received from clients.", st.messages_in)
+        yield counter(
+            "aiosrv_client_messages", "Text messages received from clients.", st.messages_in
+        )
         yield counter("aiosrv_socket_writes", "Writes handed to transports.", core.writes)
         yield counter("aiosrv_flushes", "Flushes of the fan-out core.", hub.flushes)
-        errors = CounterMetricFamily("aiosrv_errors", "Error replies sent, by code.", labels=["code"])
+        errors = CounterMetricFamily(
+            "aiosrv_errors", "Error replies sent, by code.", labels=["code"]
+        )
         for code, n in sorted(st.errors.items()):
             errors.add_metric([code], n)
         yield errors
-        yield gauge("aiosrv_broadcast_queue_depth", "Publications waiting for fan-out.", len(hub.queue))
-        yield gauge("aiosrv_broadcast_queue_limit", "Broadcast queue limit.", hub.settings.queue_limit)
-        yield counter("aiosrv_broadcast_queue_rejected", "Local publishes refused, queue full.",
-                      hub.queue_rejected)
-        yield counter("aiosrv_broadcast_queue_dropped", "Remote publications dropped, queue full.",
-                      hub.queue_dropped)
-        yield counter("aiosrv_slow_consumer_disconnects", "Clients closed with 1013 as slow consumers.",
-                      st.slow_consumer_closes)
-        yield counter("aiosrv_slow_consumer_dropped_bytes", "Bytes dropped with slow consumers.",
-                      core.dropped_bytes)
-        yield counter("aiosrv_heartbeat_timeouts", "Clients closed with 4000.", st.heartbeat_timeouts)
-        yield gauge("aiosrv_send_buffer_bytes", "Bytes pending or buffered for clients.",
-                    core.buffered_bytes_total())
-        yield gauge("aiosrv_event_loop_lag_seconds", "Delay of the sources timer.", s.sampler.loop_lag)
+        yield gauge(
+            "aiosrv_broadcast_queue_depth", "Publications waiting for fan-out.", len(hub.queue)
+        )
+        yield gauge(
+            "aiosrv_broadcast_queue_limit", "Broadcast queue limit.", hub.settings.queue_limit
+        )
+        yield counter(
+            "aiosrv_broadcast_queue_rejected",
+            "Local publishes refused, queue full.",
+            hub.queue_rejected,
+        )
+        yield counter(
+            "aiosrv_broadcast_queue_dropped",
+            "Remote publications dropped, queue full.",
+            hub.queue_dropped,
+        )
+        yield counter(
+            "aiosrv_slow_consumer_disconnects",
+            "Clients closed with 1013 as slow consumers.",
+            st.slow_consumer_closes,
+        )
+        yield counter(
+            "aiosrv_slow_consumer_dropped_bytes",
+            "Bytes dropped with slow consumers.",
+            core.dropped_bytes,
+        )
+        yield counter(
+            "aiosrv_heartbeat_timeouts", "Clients closed with 4000.", st.heartbeat_timeouts
+        )
+        yield gauge(
+            "aiosrv_send_buffer_bytes",
+            "Bytes pending or buffered for clients.",
+            core.buffered_bytes_total(),
+        )
+        yield gauge(
+            "aiosrv_event_loop_lag_seconds", "Delay of the sources timer.", s.sampler.loop_lag
+        )
         yield gauge("aiosrv_uptime_seconds", "Seconds since start.", s.uptime)
         reloads = CounterMetricFamily("aiosrv_config_reloads", "Config reloads.", labels=["result"])
         reloads.add_metric(["ok"], st.reloads_ok)
@@ -89,15 +131,16 @@ class ServerCollector:
         yield reloads
         health = 1.0 if s.health()[0] else 0.0
         yield gauge("aiosrv_healthy", "1 when /health answers 200.", health)
-        info = GaugeMetricFamily("aiosrv_info", "Build and engine.",
-                                 labels=["version", "core", "broker", "instance"])
+        info = GaugeMetricFamily(
+            "aiosrv_info", "Build and engine.", labels=["version", "core", "broker", "instance"]
+        )
         info.add_metric([s.version, s.implementation, s.broker.name, s.instance_id], 1)
         yield info
 
 
 def make_registry(server: Server) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))  # type: ignore[arg-type]
+    registry.register(ServerCollector(server))
     ProcessCollector(registry=registry)
     return registry
 

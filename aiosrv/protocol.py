@@ -88,9 +88,7 @@ def check_type(value: Any, where: str, request_id: str | None = None) -> str:
             f"{where} is {len(value)} characters long; the limit is {MAX_TYPE_LENGTH}", request_id
         )
     if value in RESERVED_TYPES:
-        raise ReservedType(
-            f"type {value!r} is reserved for the server's error replies", request_id
-        )
+        raise ReservedType(f"type {value!r} is reserved for the server's error replies", request_id)
     return value
 
 
@@ -147,9 +145,7 @@ def parse_request(text: str | bytes) -> Request:
         raise InvalidMessage(f"id must be a string when present, got {_show(rid)}")
     action = msg.get("action")
     if action is None:
-        raise InvalidMessage(
-            "message has no 'action'; expected one of " + ", ".join(ACTIONS), rid
-        )
+        raise InvalidMessage("message has no 'action'; expected one of " + ", ".join(ACTIONS), rid)
     if not isinstance(action, str):
         raise InvalidMessage(f"action must be a string, got {_show(action)}", rid)
     payload = msg.get("payload", {})
@@ -192,7 +188,9 @@ def _parse_subscribe(rid: str | None, payload: dict[str, Any]) -> Subscribe:
                     f"payload.keys[{t!r}] must be a non-empty list of keys, got {_show(ks)}", rid
                 )
             keys[t] = tuple(
-                dict.fromkeys(check_key(k, f"payload.keys[{t!r}][{i}]", rid) for i, k in enumerate(ks))
+                dict.fromkeys(
+                    check_key(k, f"payload.keys[{t!r}][{i}]", rid) for i, k in enumerate(ks)
+                )
             )
     since: dict[str, int] = {}
     raw_since = payload.get("since")
@@ -234,7 +232,9 @@ def _parse_publish(rid: str | None, payload: dict[str, Any]) -> Publish:
 def parse_publication(item: Any, where: str = "body") -> tuple[str, bytes, str | None]:
     """Validate one ``{"type", "payload", "key"?}`` object of ``POST /api/publish``."""
     if not isinstance(item, dict):
-        raise InvalidMessage(f"{where} must be an object {{type, payload, key?}}, got {_show(item)}")
+        raise InvalidMessage(
+            f"{where} must be an object {{type, payload, key?}}, got {_show(item)}"
+        )
     unknown = set(item) - {"type", "payload", "key"}
     if unknown:
         raise InvalidMessage(f"{where} has unknown field(s): {', '.join(sorted(unknown))}")
@@ -266,9 +266,7 @@ def encode_data(type_: str, seq: int, timestamp: int, payload: bytes, key: str |
 
 def encode_reply(kind: str, request_id: str | None, payload: dict[str, Any]) -> bytes:
     """An ``ack``, ``pong`` or ``history`` reply."""
-    return orjson.dumps(
-        {"type": kind, "id": request_id, "timestamp": now_ms(), "payload": payload}
-    )
+    return orjson.dumps({"type": kind, "id": request_id, "timestamp": now_ms(), "payload": payload})
 
 
 def encode_error(error: ClientError) -> bytes:

@@ -31,8 +31,10 @@ log = logging.getLogger("aiosrv.runner")
 def listeners(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
     """(host, port, parts) for each listener the configuration asks for."""
     groups: dict[int, tuple[str, list[str]]] = {}
-    wanted = [("ws", config.websocket.host, config.websocket.port),
-              ("api", config.api.host, config.api.port)]
+    wanted = [
+        ("ws", config.websocket.host, config.websocket.port),
+        ("api", config.api.host, config.api.port),
+    ]
     if config.monitoring.enabled and config.monitoring.prometheus_enabled:
         wanted.append(("metrics", config.api.host, config.monitoring.metrics_port))
     for part, host, port in wanted:
@@ -55,17 +57,19 @@ class Runner:
         await server.start()
         for host, port, parts in listeners(server.config):
             app = create_app(server=server, parts=parts)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                   shutdown_timeout=1.0)
+            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
             try:
                 await site.start()
             except OSError as exc:
                 await runner.cleanup()
-                raise SystemExit(f"aiosrv: cannot listen on {host}:{port} for {'+'.join(parts)}: {exc}")
+                raise SystemExit(
+                    f"aiosrv: cannot listen on {host}:{port} for {'+'.join(parts)}: {exc}"
+                ) from None
             self.runners.append(runner)
-            addrs = [s.getsockname()[:2] for s in (site._server.sockets if site._server else [])]  # type: ignore[union-attr]
+            listening = getattr(site._server, "sockets", None) or []
+            addrs = [s.getsockname()[:2] for s in listening]
             for part in parts:
                 self.bound[part] = addrs
 
@@ -76,14 +80,17 @@ class Runner:
         cfg = self.server.config
         parts = []
         if "ws" in self.bound:
-            parts.append(f"websocket ws://{cfg.websocket.host}:{self.port_of('ws')}"
-                         f"{cfg.websocket.paths[0]}")
+            parts.append(
+                f"websocket ws://{cfg.websocket.host}:{self.port_of('ws')}{cfg.websocket.paths[0]}"
+            )
         if "api" in self.bound:
             parts.append(f"api http://{cfg.api.host}:{self.port_of('api')}")
         if "metrics" in self.bound:
             parts.append(f"metrics http://{cfg.api.host}:{self.port_of('metrics')}/metrics")
-        return (f"aiosrv ready: {', '.join(parts)} (core={self.server.implementation}, "
-                f"broker={self.server.broker.name}, max_connections={cfg.websocket.max_connections})")
+        return (
+            f"aiosrv ready: {', '.join(parts)} (core={self.server.implementation}, "
+            f"broker={self.server.broker.name}, max_connections={cfg.websocket.max_connections})"
+        )
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,8 +164,9 @@ def set_title(config: Config) -> None:
     )
 
 
-def serve(config: Config, *, env: dict[str, str] | None = None,
-          overrides: dict[str, Any] | None = None) -> int:
+def serve(
+    config: Config, *, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> int:
     setup_logging(config.logging.level, config.logging.file)
     if config.diagnostics.tracemalloc:
         import tracemalloc

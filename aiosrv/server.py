@@ -136,7 +136,10 @@ class Server:
         self.started = True
         log.info(
             "aiosrv %s core=%s broker=%s instance=%s",
-            self.version, self.implementation, self.broker.name, self.instance_id,
+            self.version,
+            self.implementation,
+            self.broker.name,
+            self.instance_id,
         )
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -185,12 +188,16 @@ class Server:
         """The 503 to answer an upgrade with, or None to accept it."""
         if self.draining:
             self.stats.rejected["draining"] += 1
-            return _refuse(503, "draining", "the server is shutting down; connect to another instance")
+            return _refuse(
+                503, "draining", "the server is shutting down; connect to another instance"
+            )
         limit = self.config.websocket.max_connections
         if len(self.connections) + self.pending_upgrades >= limit:
             self.stats.rejected["max_connections"] += 1
             log.warning("performance: connection refused, at the limit of %d connections", limit)
-            return _refuse(503, "max_connections", f"the server holds its maximum of {limit} connections")
+            return _refuse(
+                503, "max_connections", f"the server holds its maximum of {limit} connections"
+            )
         return None
 
     def register(self, conn: Connection) -> None:
@@ -214,9 +221,12 @@ class Server:
                 log.warning(
                     "performance: Client %s is a slow consumer (send buffer over %d bytes); "
                     "closing with 1013 and dropping its pending data",
-                    conn.id, sub.limit,
+                    conn.id,
+                    sub.limit,
                 )
-                conn.close_soon(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer limit", drop_pending=True)
+                conn.close_soon(
+                    CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer limit", drop_pending=True
+                )
             else:
                 conn.close_soon(CloseCode.GOING_AWAY, "write failed", drop_pending=True)
 
@@ -267,7 +277,10 @@ class Server:
         for c in restart:
             log.warning(
                 "config reload: %s changed from %r to %r but needs a restart; still using %r",
-                c.path, c.old, c.new, c.old,
+                c.path,
+                c.old,
+                c.new,
+                c.old,
             )
         if not applied and not restart:
             log.info("config reload: no changes in %s", path or "defaults")

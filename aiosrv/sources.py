@@ -35,8 +35,9 @@ SOURCES: dict[str, Callable[[Server], dict[str, Any]]] = {
 
 
 def _signature(snapshot: dict[str, Any]) -> bytes:
-    return orjson.dumps({k: v for k, v in snapshot.items() if k not in VOLATILE},
-                        option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        {k: v for k, v in snapshot.items() if k not in VOLATILE}, option=orjson.OPT_SORT_KEYS
+    )
 
 
 class Sources:
@@ -83,7 +84,11 @@ class Sources:
             snap = make(server)
             sig = _signature(snap)
             last = self._last_sent.get(type_)
-            if sig == self._last_sig.get(type_) and last is not None and now - last < cfg.max_silence:
+            if (
+                sig == self._last_sig.get(type_)
+                and last is not None
+                and now - last < cfg.max_silence
+            ):
                 continue
             try:
                 await server.hub.publish(type_, snap)

@@ -179,7 +179,11 @@ def health_snapshot(server: Server) -> dict[str, Any]:
         "status": "healthy" if ok else "unhealthy",
         "reason": "; ".join(reasons) if reasons else None,
         "checks": {
-            "broker": {"ok": broker.ok, "engine": server.broker.name, "reason": broker.reason or None},
+            "broker": {
+                "ok": broker.ok,
+                "engine": server.broker.name,
+                "reason": broker.reason or None,
+            },
             "queue": {
                 "ok": len(server.hub.queue) < server.hub.settings.queue_limit,
                 "depth": len(server.hub.queue),

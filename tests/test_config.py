@@ -290,7 +290,7 @@ def test_every_problem_is_collected_at_once(tmp_path: Path) -> None:
         "websocket.max_connections",
         "broadcast.flush_interval",
     }
-    assert problems["websocket.port"].reason == "must be between 1 and 65535"
+    assert problems["websocket.port"].reason == "must be between 0 and 65535"
     assert problems["websocket.max_connections"].reason == "must be an integer"
     assert problems["broadcast.flush_interval"].reason == "must be between 0 and 10"
     assert problems["websocket.prot"].reason == (
@@ -432,7 +432,7 @@ def test_env_port_problem_message() -> None:
     with pytest.raises(ConfigError) as exc:
         load(env={"WEBSOCKET_PORT": "70000"})
     assert str(exc.value) == (
-        "websocket.port = 70000 (from env WEBSOCKET_PORT): must be between 1 and 65535"
+        "websocket.port = 70000 (from env WEBSOCKET_PORT): must be between 0 and 65535"
     )
 
 
@@ -728,9 +728,9 @@ def test_replace_validates() -> None:
     assert changed.logging.level == "DEBUG"
     assert cfg.websocket.port == 8765  # the original is untouched
     with pytest.raises(ConfigError) as exc:
-        cfg.replace(**{"websocket.port": 0, "websocket.prot": 1})
+        cfg.replace(**{"websocket.port": 70000, "websocket.prot": 1})
     problems = problems_of(exc)
-    assert problems["websocket.port"].reason == "must be between 1 and 65535"
+    assert problems["websocket.port"].reason == "must be between 0 and 65535"
     assert problems["websocket.port"].source == "override"
     assert "did you mean 'websocket.port'" in problems["websocket.prot"].reason
     with pytest.raises(ConfigError, match=r"heartbeat_timeout = 60\.0 \(from current"):

@@ -1,0 +1,73 @@
+"""Shared fixtures: a real server on a free loopback port, and real clients.
+
+``running_server(**config)`` starts ``create_app`` on 127.0.0.1 with port 0
+(WebSocket, API and metrics on one listener) through aiohttp's TestServer,
+which is a real TCP listener: clients connect with the ``websockets`` library
+or aiohttp's client over the socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from aiosrv import SERVER, create_app, default_config
+from aiosrv.server import Server
+
+# Tests never read the developer's config file or environment by accident.
+for _name in list(os.environ):
+    if _name in {"AIOSRV_CONFIG"}:
+        del os.environ[_name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Running:
+    test_server: TestServer
+    server: Server
+
+    @property
+    def port(self) -> int:
+        return int(self.test_server.port)  # type: ignore[arg-type]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/realtime"
+
+    def http(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def running_server() -> AsyncIterator[StartServer]:
+    started: list[TestServer] = []
+
+    async def start(**settings: Any) -> Running:
+        """Start a server; ``settings`` are dotted config keys with '.' written as '__',
+        e.g. ``websocket__max_connections=2``."""
+        dotted = {k.replace("__", "."): v for k, v in settings.items()}
+        dotted.setdefault("sources.enabled", False)
+        config = default_config().replace(**dotted)
+        app = create_app(config)
+        ts = TestServer(app, host="127.0.0.1", port=0)
+        await ts.start_server()
+        started.append(ts)
+        return Running(ts, app[SERVER])
+
+    yield start
+    for ts in reversed(started):
+        await ts.close()
