@@ -244,14 +244,16 @@ FIELDS: tuple[FieldSpec, ...] = (
        "Whether /metrics serves the Prometheus text format."),
     # broadcast
     _f("broadcast.batch_size", "int", 100, "BROADCAST_BATCH_SIZE", LIVE,
-       "Most messages fanned out per batch.", minimum=1, maximum=100000),
+       "Most messages fanned out per loop iteration; under load, a flush waits for this many.",
+       minimum=1, maximum=100000),
     _f("broadcast.flush_interval", "duration", 0.05, "BROADCAST_FLUSH_INTERVAL", LIVE,
-       "Seconds a partial batch may wait before it is flushed.", minimum=0, maximum=10),
+       "Under load, the longest a queued frame waits for its flush (idle: no wait).",
+       minimum=0, maximum=10),
     _f("broadcast.queue_limit", "int", 10000, ("QUEUE_LIMIT", "MAX_QUEUE_SIZE"), LIVE,
        "Most messages waiting for fan-out; publishes beyond it get queue_full.", minimum=1),
     # history
     _f("history.size", "int", 50, "HISTORY_SIZE", LIVE,
-       "Messages kept per (type, key) for replay with `since`; 0 disables history.",
+       "Messages kept per type for history and recovery with `since`; 0 disables it.",
        minimum=0, maximum=100000),
     # broker
     _f("broker.engine", "enum", "memory", "BROKER", RESTART,
@@ -277,9 +279,10 @@ FIELDS: tuple[FieldSpec, ...] = (
     _f("sources.enabled", "bool", True, "SOURCES_ENABLED", LIVE,
        "Whether the built-in data sources run."),
     _f("sources.interval", "duration", 1.0, "SOURCES_INTERVAL", LIVE,
-       "Seconds between data source polls.", minimum=0, exclusive_minimum=True),
+       "Seconds between samples of the built-in status, stats and health types.",
+       minimum=0, exclusive_minimum=True),
     _f("sources.max_silence", "duration", 5.0, "SOURCES_MAX_SILENCE", LIVE,
-       "Seconds a data source may stay silent before it counts as stalled.",
+       "Longest a built-in type (status, stats, health) goes unpublished when unchanged.",
        minimum=0, exclusive_minimum=True),
     # shutdown
     _f("shutdown.grace_period", "duration", 10.0, "SHUTDOWN_GRACE_PERIOD", LIVE,
