@@ -99,8 +99,10 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = value
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"aiosrv: --set needs KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            # a usage error, like argparse's own and a bad value: status 2
+            print(f"aiosrv: --set needs KEY=VALUE, got {item!r}", file=sys.stderr)
+            raise SystemExit(2)
         out[key.strip()] = value
     return out
 

@@ -19,8 +19,10 @@ _ROOT = "aiosrv"
 
 def setup_logging(level: str, file: str | None = None) -> None:
     logger = logging.getLogger(_ROOT)
+    aio = logging.getLogger("aiohttp")
     for h in list(logger.handlers):
         logger.removeHandler(h)
+        aio.removeHandler(h)  # it was shared with aiohttp's logger below
         h.close()
     fmt = logging.Formatter(FORMAT)
     stderr = logging.StreamHandler(sys.stderr)
@@ -37,7 +39,6 @@ def setup_logging(level: str, file: str | None = None) -> None:
     logger.propagate = False
     # aiohttp's access log is noisy at INFO under load; keep its errors
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    aio = logging.getLogger("aiohttp")
     for h in logger.handlers:
         if h not in aio.handlers:
             aio.addHandler(h)
@@ -57,5 +58,7 @@ def reopen_files() -> None:
                 if h.stream:
                     h.stream.close()
                 h.stream = h._open()
+                # remember the new file, or the next line reopens it once more
+                h._statstream()
             finally:
                 h.release()

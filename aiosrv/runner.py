@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
-from .config import Config
+from .config import Config, ConfigError
 from .logs import reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
@@ -29,20 +29,33 @@ log = logging.getLogger("aiosrv.runner")
 
 
 def listeners(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
-    """(host, port, parts) for each listener the configuration asks for."""
-    groups: dict[int, tuple[str, list[str]]] = {}
+    """(host, port, parts) for each listener the configuration asks for.
+
+    Parts on the same port share a listener; port 0 ("any free port") is never
+    shared: each part configured with 0 gets a free port of its own.
+    """
+    groups: dict[int | tuple[str], tuple[str, list[str]]] = {}
     wanted = [
         ("ws", config.websocket.host, config.websocket.port),
         ("api", config.api.host, config.api.port),
     ]
     if config.monitoring.enabled and config.monitoring.prometheus_enabled:
         wanted.append(("metrics", config.api.host, config.monitoring.metrics_port))
+    ports: dict[int | tuple[str], int] = {}
     for part, host, port in wanted:
-        if port in groups:
-            groups[port][1].append(part)
+        group: int | tuple[str] = port if port else (part,)
+        ports[group] = port
+        if group in groups:
+            groups[group][1].append(part)
         else:
-            groups[port] = (host, [part])
-    return [(host, port, tuple(parts)) for port, (host, parts) in groups.items()]
+            groups[group] = (host, [part])
+    return [(host, ports[group], tuple(parts)) for group, (host, parts) in groups.items()]
+
+
+def announce(level: int, message: str) -> None:
+    """Log ``message`` whatever the configured level (the ready line, a fatal
+    start-up error): supervisors and operators wait for these lines."""
+    log.handle(log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None))
 
 
 class Runner:
@@ -69,7 +82,7 @@ class Runner:
                 ) from None
             self.runners.append(runner)
             listening = getattr(site._server, "sockets", None) or []
-            addrs = [s.getsockname()[:2] for s in listening]
+            addrs = [sock.getsockname()[:2] for sock in listening]
             for part in parts:
                 self.bound[part] = addrs
 
@@ -135,7 +148,8 @@ async def serve_async(server: Server) -> None:
     runner = Runner(server)
     await runner.start()
     runner.install_signals()
-    log.info("%s", runner.ready_line())
+    set_title(server.config, {part: runner.port_of(part) for part in runner.bound})
+    announce(logging.INFO, runner.ready_line())
     try:
         await runner.wait()
     finally:
@@ -151,16 +165,19 @@ def install_uvloop() -> str:
     return "uvloop"
 
 
-def set_title(config: Config) -> None:
+def set_title(config: Config, bound: dict[str, int] | None = None) -> None:
     """Name the process so the operations guide's ``pgrep -f websocket-server``
-    and ``pkill -HUP -f websocket-server`` find it."""
+    and ``pkill -HUP -f websocket-server`` find it. Once listening, ``bound``
+    gives the actual ports (port 0 in the configuration means any free port)."""
     try:
         import setproctitle
     except ImportError:
         return
+    ports = bound or {}
+    ws = ports.get("ws", config.websocket.port)
+    api = ports.get("api", config.api.port)
     setproctitle.setproctitle(
-        f"websocket-server aiosrv serve ws:{config.websocket.port} api:{config.api.port} "
-        + " ".join(sys.argv[1:])
+        f"websocket-server ws:{ws} api:{api} aiosrv " + " ".join(sys.argv[1:])
     )
 
 
@@ -175,10 +192,17 @@ def serve(
     loop_name = install_uvloop()
     set_title(config)
     log.info("starting aiosrv on %s, config %s", loop_name, config.source_path or "(defaults)")
-    server = Server(config, env=env, overrides=overrides)
+    try:
+        server = Server(config, env=env, overrides=overrides)
+    except ConfigError as exc:
+        # found when the configuration is put to use, e.g. an engine not installed
+        announce(logging.ERROR, "aiosrv: invalid configuration:")
+        for problem in exc.problems:
+            announce(logging.ERROR, f"  {problem}")
+        return 2
     try:
         asyncio.run(serve_async(server))
     except SystemExit as exc:
-        log.error("%s", exc.code)
+        announce(logging.ERROR, str(exc.code))
         return 1
     return 0
