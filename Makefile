@@ -32,7 +32,7 @@ lint: setup
 
 test: setup system-deps lint
 	AIOSRV_EXPECT_COMPILED=1 $(BIN)/python -m pytest -q -p no:cacheprovider
-	AIOSRV_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/core tests/protocol
+	AIOSRV_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 annotate: $(BIN)/python
 	AIOSRV_CYTHON_ANNOTATE=1 $(BIN)/pip install --quiet -e .

@@ -38,6 +38,9 @@ cpdef bytes encode_frame(bytes payload, int opcode=0x1):
     One allocation holds header and payload; the result is shared by every
     receiver of the message.
     """
+    if payload is None:
+        # typed ``bytes`` arguments admit None, which PyBytes_GET_SIZE must not see
+        raise TypeError("payload must be bytes, not None")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
     cdef Py_ssize_t hlen
     cdef unsigned long long ln = <unsigned long long>n
@@ -178,10 +181,10 @@ cdef class FanOut:
 
     # -- registry ------------------------------------------------------------
 
-    def add(self, Subscriber sub):
+    def add(self, Subscriber sub not None):
         self._all[sub] = None
 
-    def remove(self, Subscriber sub):
+    def remove(self, Subscriber sub not None):
         cdef Py_ssize_t count = sub._subscription_count()
         for type_ in list(sub._filters):
             self._unindex(sub, type_)
@@ -193,7 +196,7 @@ cdef class FanOut:
         self._all.pop(sub, None)
         return count
 
-    def subscribe(self, Subscriber sub, type_, keys=None):
+    def subscribe(self, Subscriber sub not None, type_, keys=None):
         cdef dict per_key
         cdef dict subs
         if type_ in sub._filters:
@@ -219,7 +222,7 @@ cdef class FanOut:
                     per_key[k] = subs
                 subs[sub] = None
 
-    def unsubscribe(self, Subscriber sub, type_):
+    def unsubscribe(self, Subscriber sub not None, type_):
         if type_ not in sub._filters:
             return False
         self._unindex(sub, type_)
@@ -265,6 +268,8 @@ cdef class FanOut:
         cdef PyObject* found
         cdef dict subs
         cdef dict per_key
+        if frame is None:
+            raise TypeError("frame must be bytes, not None")
         self.published += 1
         found = PyDict_GetItem(self._by_type, type_)
         if found is not NULL:
@@ -283,10 +288,10 @@ cdef class FanOut:
         self.delivered += n
         return n
 
-    def send(self, Subscriber sub, bytes frame):
+    def send(self, Subscriber sub not None, bytes frame not None):
         return self._append(sub, frame) == 1
 
-    def send_all(self, bytes frame):
+    def send_all(self, bytes frame not None):
         cdef Py_ssize_t n = 0
         for sub in self._all:
             n += self._append(<Subscriber>sub, frame)
@@ -338,7 +343,11 @@ cdef class FanOut:
                 return
             self.writes += 1
         else:
-            sub._transport_buffered = sub.transport.get_write_buffer_size()
+            try:
+                sub._transport_buffered = sub.transport.get_write_buffer_size()
+            except Exception:
+                sub._state = _CLOSED
+                self._to_close.append(sub)
 
     def flush(self):
         cdef list dirty = self._dirty

@@ -348,7 +348,13 @@ class FanOut:
                 return
             self.writes += 1
         else:
-            sub._transport_buffered = sub.transport.get_write_buffer_size()
+            try:
+                sub._transport_buffered = sub.transport.get_write_buffer_size()
+            except Exception:
+                # Same as a failed write: one broken transport must not abort
+                # the fan-out to the receivers after it.
+                sub._state = STATE_CLOSED
+                self._to_close.append(sub)
 
     def flush(self) -> int:
         """Hand every dirty subscriber's pending frames to its transport, one

@@ -98,7 +98,8 @@ class Connection:
                 self.server.stats.messages_in += 1
                 await self.handle_text(msg.data)
             elif kind is WSMsgType.PING:
-                if self.server.core.send(sub, encode_frame(msg.data, OP_PONG)):
+                # aiohttp hands ping payloads over as bytearray; the core frames bytes
+                if self.server.core.send(sub, encode_frame(bytes(msg.data), OP_PONG)):
                     self.server.hub.flush_soon()
             elif kind is WSMsgType.PONG:
                 continue
@@ -166,7 +167,9 @@ class Connection:
             if t in req.since:
                 ok, pubs = await self.server.hub.recover(t, req.since[t])
                 recovered[t] = ok
-                missed.extend(p.data for p in pubs)
+                # a type narrowed to keys recovers only messages with those keys
+                keys = req.keys.get(t)
+                missed.extend(p.data for p in pubs if keys is None or p.key in keys)
         if sub.closed:
             return
         # No await from here on: the subscription must be in place before the
@@ -214,6 +217,7 @@ class Connection:
         except ClientError as exc:
             exc.request_id = req.id
             raise
+        self.server.stats.published_ws += 1
         self.send_json(
             protocol.encode_reply(
                 "ack", req.id, {"action": "publish", "type": pub.type, "seq": pub.seq}
@@ -262,7 +266,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     cfg = server.config.websocket
     ws = web.WebSocketResponse(
         autoping=False,
-        max_msg_size=cfg.max_message_size,
+        # aiohttp refuses a message whose size is >= max_msg_size; the contract
+        # answers a message of exactly the limit and closes with 1009 beyond it.
+        max_msg_size=cfg.max_message_size + 1,
         compress=False,
         timeout=CLOSE_TIMEOUT,
     )

@@ -43,6 +43,9 @@ from .protocol import check_key, check_type
 
 log = logging.getLogger("aiosrv.hub")
 
+#: Longest a recovering subscribe waits for its ``since`` to be fanned out here.
+RECOVERY_WAIT = 1.0
+
 
 @dataclass(slots=True)
 class HubSettings:
@@ -190,9 +193,15 @@ class Hub:
 
     def _track_load(self, now: float, n: int) -> None:
         interval = self.settings.flush_interval
-        if now - self._window_start >= interval:
-            # a window ended: under load if it held more than batch_size messages
-            self._under_load = self._window_count > self.settings.batch_size
+        elapsed = now - self._window_start
+        if elapsed >= interval:
+            # A window ended: under load if it held more than batch_size messages,
+            # unless it ended a whole interval ago, so that nothing was fanned out
+            # during the last flush_interval (the first message after a quiet
+            # spell must not wait for the flush timer).
+            self._under_load = (
+                elapsed < 2 * interval and self._window_count > self.settings.batch_size
+            )
             self._window_start = now
             self._window_count = 0
         self._window_count += n
@@ -237,6 +246,11 @@ class Hub:
         the queue reach the subscriber live. The caller must register the
         subscription before it next awaits.
         """
+        if since > self._last_fanned.get(type_, 0) and since <= self._latest_known(type_):
+            # The client already has messages this instance has not fanned out
+            # yet (still queued, or in flight from the broker): subscribing now
+            # would deliver them again live. Let the fan-out catch up first.
+            await self._fanned_through(type_, since)
         ring = self._recent.get(type_)
         last = self._last_fanned.get(type_, 0)
         covered = since >= last or (ring is not None and ring[0].seq <= since + 1)
@@ -250,11 +264,21 @@ class Hub:
         if since > last:
             latest = self._latest_known(type_)
             return since <= latest, []
-        messages = [p for p in older if p.seq <= last]
-        top = messages[-1].seq if messages else since
+        # What the broker and the ring still hold after ``since``, up to what was
+        # fanned out, merged by seq: the broker's history moves at publish time,
+        # so with publications queued the ring can reach further back than it.
+        found = {p.seq: p for p in older if p.seq <= last}
         if ring is not None:
-            messages.extend(p for p in ring if p.seq > top)
-        return covered, messages
+            for p in ring:
+                if p.seq > since:
+                    found.setdefault(p.seq, p)
+        return covered, [found[seq] for seq in sorted(found)]
+
+    async def _fanned_through(self, type_: str, seq: int) -> None:
+        """Wait (at most ``RECOVERY_WAIT`` seconds) until ``seq`` of a type is fanned out."""
+        deadline = self.loop.time() + RECOVERY_WAIT
+        while self._last_fanned.get(type_, 0) < seq and self.loop.time() < deadline:
+            await asyncio.sleep(0 if self.queue else 0.005)
 
     def _latest_known(self, type_: str) -> int:
         latest = getattr(self.broker, "latest_seq", None)

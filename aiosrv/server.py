@@ -261,8 +261,18 @@ class Server:
         can change live; report what needs a restart. An invalid file keeps
         the running configuration and says why."""
         path = self.config.source_path
+        if path is None:
+            # Without a file nothing can have changed: the environment and the
+            # flags are the process's own, and a config built in code stays as built.
+            log.info("config reload: the server runs without a config file; nothing to reload")
+            self.stats.reloads_ok += 1
+            return ReloadResult(True, None)
         try:
-            new = load_config(path, self._reload_env, self._reload_overrides)
+            # the same file as at start-up: a server started without one must not
+            # pick up config/deployment.yaml from the working directory now
+            new = load_config(
+                path, self._reload_env, self._reload_overrides, use_default_path=False
+            )
         except ConfigError as exc:
             self.stats.reloads_failed += 1
             errors = [str(p) for p in exc.problems]

@@ -80,8 +80,10 @@ class Sources:
         if not cfg.enabled or server.draining:
             return 0
         n = 0
-        for type_, make in SOURCES.items():
-            snap = make(server)
+        # Sample every type before publishing any: otherwise the later snapshots
+        # count this tick's own publications (queue depth) as a change.
+        snaps = [(type_, make(server)) for type_, make in SOURCES.items()]
+        for type_, snap in snaps:
             sig = _signature(snap)
             last = self._last_sent.get(type_)
             if (

@@ -61,6 +61,12 @@ class Counters:
         self.errors[code] += 1
 
 
+#: Shortest wall time a CPU reading is taken over: psutil counts CPU time in
+#: clock ticks (10 ms), so over a few milliseconds one tick reads as hundreds
+#: of percent.
+CPU_MIN_INTERVAL = 0.25
+
+
 class Sampler:
     """Process readings and rates, refreshed by :meth:`sample` (once a second
     by the sources task, and on demand by the HTTP API)."""
@@ -68,6 +74,7 @@ class Sampler:
     def __init__(self) -> None:
         self.process = psutil.Process()
         self.process.cpu_percent(None)
+        self._cpu_at = time.monotonic()
         self.published = Rate()
         self.delivered = Rate()
         self.received = Rate()
@@ -86,7 +93,9 @@ class Sampler:
         self.delivered.sample(server.core.delivered, now)
         self.received.sample(server.stats.messages_in, now)
         self.errors.sample(sum(server.stats.errors.values()), now)
-        self.cpu_percent = self.process.cpu_percent(None)
+        if now - self._cpu_at >= CPU_MIN_INTERVAL:
+            self.cpu_percent = self.process.cpu_percent(None)
+            self._cpu_at = now
         self.rss = self.process.memory_info().rss
 
     @property

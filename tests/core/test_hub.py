@@ -1,0 +1,396 @@
+"""The hub between the broker and the fan-out core, on a real event loop with the
+embedded broker and fake transports (no sockets). Runs over both cores."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from aiosrv.broker_memory import MemoryBroker
+from aiosrv.errors import ErrorCode, InvalidMessage, QueueFull, ReservedType
+from aiosrv.fanout import encode_frame
+from aiosrv.hub import Hub, HubSettings
+from tests.core.conftest import FakeTransport, decode_frames
+
+
+def make_hub(impl, **settings):
+    hs = HubSettings(**settings)
+    broker = MemoryBroker(hs.history_size)
+    core = impl.FanOut()
+    hub = Hub(core, broker, hs)
+    return hub, broker, core
+
+
+def connect(impl, core, conn_id, subscriptions, limit=1 << 20):
+    """A subscriber on a fake transport; ``subscriptions`` maps type -> keys or None."""
+    sub = impl.Subscriber(conn_id, FakeTransport(), limit)
+    core.add(sub)
+    for type_, keys in subscriptions.items():
+        core.subscribe(sub, type_, keys)
+    return sub
+
+
+def received(sub):
+    """The data messages a subscriber's transport got, decoded."""
+    out = []
+    for opcode, payload in decode_frames(sub.transport.data):
+        assert opcode == 0x1
+        out.append(orjson.loads(payload))
+    return out
+
+
+def seqs(sub, type_=None):
+    return [m["seq"] for m in received(sub) if type_ is None or m["type"] == type_]
+
+
+async def test_publish_is_delivered_in_order(impl):
+    hub, _broker, core = make_hub(impl)
+    every = connect(impl, core, "every", {"t": None})
+    keyed = connect(impl, core, "keyed", {"t": ["k1"]})
+    other = connect(impl, core, "other", {"u": None})
+    pubs = []
+    for i, key in enumerate(["k1", None, "k2", "k1"]):
+        pubs.append(await hub.publish("t", {"i": i}, key=key))
+    assert [p.seq for p in pubs] == [1, 2, 3, 4]
+    # queued, not yet fanned out: the hub drains on the loop
+    assert len(hub.queue) == 4
+    assert every.transport.writes == []
+    await asyncio.sleep(0)
+    assert len(hub.queue) == 0
+    assert every.transport.data == b"".join(hub_frame(p) for p in pubs)
+    assert received(every) == [orjson.loads(p.data) for p in pubs]
+    assert [m["payload"] for m in received(every)] == [{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}]
+    assert seqs(keyed) == [1, 4]
+    assert [m["key"] for m in received(keyed)] == ["k1", "k1"]
+    assert other.transport.writes == []
+    assert hub.fanned_out == 4
+    assert core.published == 4
+    assert core.delivered == 6
+
+
+def hub_frame(pub):
+    return encode_frame(pub.data)
+
+
+async def test_publish_accepts_encoded_json_bytes(impl):
+    hub, _, core = make_hub(impl)
+    s = connect(impl, core, "s", {"t": None})
+    await hub.publish("t", b'{"raw":true}')
+    await asyncio.sleep(0)
+    assert received(s)[0]["payload"] == {"raw": True}
+
+
+async def test_queue_limit_refuses_local_publishes(impl):
+    hub, broker, core = make_hub(impl, queue_limit=3)
+    s = connect(impl, core, "s", {"t": None})
+    for i in range(3):
+        await hub.publish("t", i)
+    with pytest.raises(QueueFull) as info:
+        await hub.publish("t", 99)
+    err = info.value
+    assert err.code == ErrorCode.QUEUE_FULL == "queue_full"
+    assert err.http_status == 503
+    assert err.message == "broadcast queue is full (3 of 3 waiting); retry shortly"
+    assert hub.queue_rejected == 1
+    # nothing stored: no seq taken, nothing in history
+    assert broker.latest_seq("t") == 3
+    page = await broker.history("t", 50)
+    assert [p.seq for p in page.messages] == [1, 2, 3]
+    # several at once are refused whole
+    with pytest.raises(QueueFull):
+        await hub.publish_many([("t", b"1", None), ("t", b"2", None)])
+    assert hub.queue_rejected == 3
+    assert broker.latest_seq("t") == 3
+    await asyncio.sleep(0)
+    assert seqs(s) == [1, 2, 3]
+    # room again once drained
+    pub = await hub.publish("t", 4)
+    assert pub.seq == 4
+    stats = hub.queue_stats()
+    assert stats["rejected"] == 3
+    assert stats["high_water"] == 3
+    assert stats["limit"] == 3
+
+
+async def test_publish_many_fills_the_queue_up_to_the_limit(impl):
+    hub, _broker, core = make_hub(impl, queue_limit=3)
+    s = connect(impl, core, "s", {"t": None})
+    pubs = await hub.publish_many([("t", b"1", None), ("t", b"2", "k"), ("t", b"3", None)])
+    assert [p.seq for p in pubs] == [1, 2, 3]
+    await asyncio.sleep(0)
+    assert seqs(s) == [1, 2, 3]
+
+
+async def test_remote_arrivals_are_dropped_when_the_queue_is_full(impl):
+    hub, broker, core = make_hub(impl, queue_limit=2)
+    s = connect(impl, core, "s", {"t": None})
+    await hub.publish("t", 1)
+    await hub.publish("t", 2)
+    # a publication reaching this instance from the broker, not through hub.publish
+    broker.publish_now("t", b"3")
+    assert hub.queue_dropped == 1
+    assert broker.latest_seq("t") == 3  # stored in history all the same
+    await asyncio.sleep(0)
+    assert seqs(s) == [1, 2]
+    assert hub.queue_stats()["dropped"] == 1
+
+
+async def test_invalid_type_and_key_are_refused_before_storing(impl):
+    hub, broker, _ = make_hub(impl)
+    with pytest.raises(ReservedType):
+        await hub.publish("error", 1)
+    with pytest.raises(InvalidMessage):
+        await hub.publish("", 1)
+    with pytest.raises(InvalidMessage):
+        await hub.publish("t", 1, key="")
+    assert broker.latest_seq("t") == 0
+    assert broker.latest_seq("error") == 0
+
+
+# -- adaptive flush ---------------------------------------------------------------------
+
+
+async def test_low_rate_flushes_in_the_same_iteration(impl):
+    hub, _, core = make_hub(impl, batch_size=10, flush_interval=0.05)
+    s = connect(impl, core, "s", {"t": None})
+    for i in range(1, 6):
+        await hub.publish("t", i)
+        await asyncio.sleep(0)
+        assert seqs(s) == list(range(1, i + 1))
+    assert len(s.transport.writes) == 5  # one write per message: no batching delay
+    assert hub.queue_stats()["under_load"] is False
+    assert core.pending_bytes_total() == 0
+
+
+async def test_burst_is_fanned_out_in_batches_and_coalesced(impl):
+    hub, _, core = make_hub(impl, batch_size=100, flush_interval=0.05)
+    s = connect(impl, core, "s", {"t": None})
+    for i in range(250):
+        await hub.publish("t", i)
+    assert len(hub.queue) == 250
+    await asyncio.sleep(0)
+    # one drain handles batch_size messages and writes them at once
+    assert len(hub.queue) == 150
+    assert len(s.transport.writes) == 1
+    assert seqs(s) == list(range(1, 101))
+    for _ in range(50):
+        if not hub.queue and core.pending_bytes_total() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert seqs(s) == list(range(1, 251))
+    assert len(s.transport.writes) <= 3
+    assert hub.queue_stats()["under_load"] is True
+    assert hub.coalesced_flushes >= 1
+
+
+async def test_under_load_writes_are_coalesced_without_loss(impl):
+    hub, _, core = make_hub(impl, batch_size=10, flush_interval=0.2)
+    a = connect(impl, core, "a", {"t": None})
+    b = connect(impl, core, "b", {"t": ["even"]})
+    for i in range(100):
+        await hub.publish("t", i, key="even" if i % 2 == 0 else "odd")
+        await asyncio.sleep(0)
+    assert hub.queue_stats()["under_load"] is True
+    # wait for the flush timer to hand over what is still pending
+    for _ in range(100):
+        if core.pending_bytes_total() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert core.pending_bytes_total() == 0
+    assert seqs(a) == list(range(1, 101))
+    assert seqs(b) == list(range(1, 101, 2))
+    assert [m["payload"] for m in received(a)] == list(range(100))
+    # the first batch_size messages go out one by one, then the hub batches
+    assert len(a.transport.writes) < 100
+    assert len(a.transport.writes) <= 30
+    assert len(b.transport.writes) < 50
+
+
+async def test_under_load_pending_frames_are_flushed_by_the_timer(impl):
+    hub, _, core = make_hub(impl, batch_size=5, flush_interval=0.3)
+    s = connect(impl, core, "s", {"t": None})
+    loop = asyncio.get_running_loop()
+    for i in range(8):
+        await hub.publish("t", i)
+        await asyncio.sleep(0)
+    # 6th message passed batch_size in this window: it and the next wait
+    assert seqs(s) == [1, 2, 3, 4, 5]
+    assert s.pending_frames == 3
+    started = loop.time()
+    while s.pending_frames and loop.time() - started < 2.0:
+        await asyncio.sleep(0.01)
+    assert seqs(s) == list(range(1, 9))
+    assert loop.time() - started >= 0.2  # held back by the timer, not flushed at once
+    assert s.pending_frames == 0
+
+
+async def test_low_rate_after_load_flushes_at_once(impl):
+    interval = 0.05
+    hub, _, core = make_hub(impl, batch_size=5, flush_interval=interval)
+    s = connect(impl, core, "s", {"t": None})
+    for i in range(20):
+        await hub.publish("t", i)
+        await asyncio.sleep(0)
+    assert hub.queue_stats()["under_load"] is True
+    await asyncio.sleep(interval * 4)  # quiet: nothing in the last flush_interval
+    assert seqs(s) == list(range(1, 21))
+    await hub.publish("t", "after")
+    await asyncio.sleep(0)
+    assert seqs(s) == list(range(1, 22))
+    assert hub.queue_stats()["under_load"] is False
+
+
+async def test_flush_soon_flushes_replies_this_iteration(impl):
+    hub, _, core = make_hub(impl)
+    s = connect(impl, core, "s", {})
+    core.send(s, b"\x81\x02{}")
+    hub.flush_soon()
+    hub.flush_soon()  # once is enough
+    assert s.transport.writes == []
+    await asyncio.sleep(0)
+    assert s.transport.writes == [b"\x81\x02{}"]
+    assert hub.flushes == 1
+
+
+async def test_overflowed_subscribers_are_handed_to_on_overflow(impl):
+    hub, _, core = make_hub(impl)
+    slow = connect(impl, core, "slow", {"t": None}, limit=300)
+    fast = connect(impl, core, "fast", {"t": None})
+    closed = []
+    hub.on_overflow = closed.extend
+    await hub.publish("t", "x" * 100)
+    await asyncio.sleep(0)
+    slow.transport.buffer_size = 250  # the kernel stops taking its bytes
+    await hub.publish("t", "y" * 100)
+    await asyncio.sleep(0)
+    assert closed == []
+    await hub.publish("t", "z" * 100)
+    await asyncio.sleep(0)
+    assert closed == [slow]
+    assert slow.overflowed
+    assert seqs(fast) == [1, 2, 3]
+    assert seqs(slow) == [1, 2]
+
+
+# -- recovery -------------------------------------------------------------------------
+
+
+async def published(hub, type_, count, start=0):
+    pubs = [await hub.publish(type_, {"n": start + i}) for i in range(count)]
+    await asyncio.sleep(0)
+    return pubs
+
+
+async def test_recover_since_latest_is_complete_and_empty(impl):
+    hub, _, _ = make_hub(impl, history_size=5)
+    await published(hub, "t", 3)
+    assert await hub.recover("t", 3) == (True, [])
+
+
+async def test_recover_nothing_published(impl):
+    hub, _, _ = make_hub(impl, history_size=5)
+    assert await hub.recover("t", 0) == (True, [])
+    assert await hub.recover("t", 7) == (False, [])
+
+
+async def test_recover_within_history(impl):
+    hub, _, _ = make_hub(impl, history_size=5)
+    pubs = await published(hub, "t", 8)
+    await published(hub, "u", 2)
+    ok, missed = await hub.recover("t", 5)
+    assert ok is True
+    assert missed == pubs[5:]
+    ok, missed = await hub.recover("t", 3)  # the ring holds 4..8: still complete
+    assert ok is True
+    assert [p.seq for p in missed] == [4, 5, 6, 7, 8]
+    ok, missed = await hub.recover("u", 0)
+    assert (ok, [p.seq for p in missed]) == (True, [1, 2])
+
+
+async def test_recover_older_than_history(impl):
+    hub, _, _ = make_hub(impl, history_size=5)
+    pubs = await published(hub, "t", 12)
+    ok, missed = await hub.recover("t", 2)
+    assert ok is False
+    assert missed == pubs[7:]  # what is still available, in order
+    ok, missed = await hub.recover("t", 0)
+    assert (ok, [p.seq for p in missed]) == (False, [8, 9, 10, 11, 12])
+
+
+async def test_recover_ahead_of_latest(impl):
+    hub, _, _ = make_hub(impl, history_size=5)
+    await published(hub, "t", 3)
+    assert await hub.recover("t", 4) == (False, [])
+    assert await hub.recover("t", 1000) == (False, [])
+
+
+async def test_recover_does_not_return_what_is_still_queued(impl):
+    hub, broker, core = make_hub(impl, history_size=5)
+    s = connect(impl, core, "s", {"t": None})
+    await published(hub, "t", 3)
+    await hub.publish("t", {"n": 3})  # seq 4, queued, not fanned out yet
+    await hub.publish("t", {"n": 4})  # seq 5
+    assert broker.latest_seq("t") == 5
+    # the queued ones will arrive live: recovery stops at what was fanned out
+    ok, missed = await hub.recover("t", 1)
+    assert (ok, [p.seq for p in missed]) == (True, [2, 3])
+    assert seqs(s) == [1, 2, 3]
+    # a client that already saw a queued seq: the hub lets the fan-out catch up
+    # first, so nothing it already has is sent again, live or recovered
+    ok, missed = await hub.recover("t", 4)
+    assert (ok, [p.seq for p in missed]) == (True, [5])
+    assert seqs(s) == [1, 2, 3, 4, 5]
+
+
+async def test_recover_under_load_uses_every_message_still_known(impl):
+    # The broker stores at publish time, the hub's ring at fan-out time: with
+    # publications queued, the broker's history has moved past the ring's start.
+    hub, broker, _ = make_hub(impl, history_size=3)
+    await published(hub, "t", 4)  # fanned out 1..4: ring holds 2, 3, 4
+    await hub.publish("t", {"n": 4})  # seq 5 queued: broker history holds 3, 4, 5
+    page = await broker.history("t", 3)
+    assert [p.seq for p in page.messages] == [3, 4, 5]
+    ok, missed = await hub.recover("t", 0)
+    assert ok is False
+    assert [p.seq for p in missed] == [2, 3, 4]
+
+
+async def test_configure_resizes_history(impl):
+    hub, broker, _ = make_hub(impl, history_size=5)
+    await published(hub, "t", 5)
+    assert (await hub.recover("t", 0))[0] is True
+    hub.configure(HubSettings(history_size=2))
+    assert hub.settings.history_size == 2
+    ok, missed = await hub.recover("t", 0)
+    assert (ok, [p.seq for p in missed]) == (False, [4, 5])
+    ok, missed = await hub.recover("t", 3)
+    assert (ok, [p.seq for p in missed]) == (True, [4, 5])
+    page = await broker.history("t", 50)
+    assert [p.seq for p in page.messages] == [4, 5]
+    # growing keeps what is there and makes room for more
+    hub.configure(HubSettings(history_size=4))
+    await published(hub, "t", 3, start=5)
+    ok, missed = await hub.recover("t", 4)
+    assert (ok, [p.seq for p in missed]) == (True, [5, 6, 7, 8])
+    page = await broker.history("t", 50)
+    assert [p.seq for p in page.messages] == [5, 6, 7, 8]
+
+
+async def test_configure_applies_batching_settings(impl):
+    hub, _, core = make_hub(impl, batch_size=100)
+    s = connect(impl, core, "s", {"t": None})
+    hub.configure(HubSettings(batch_size=2, queue_limit=5))
+    assert hub.queue_stats()["batch_size"] == 2
+    for i in range(5):
+        await hub.publish("t", i)
+    with pytest.raises(QueueFull):
+        await hub.publish("t", 5)
+    await asyncio.sleep(0)
+    assert seqs(s) == [1, 2]  # one drain takes batch_size messages
+    for _ in range(50):
+        if len(seqs(s)) == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert seqs(s) == [1, 2, 3, 4, 5]

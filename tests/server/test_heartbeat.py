@@ -1,0 +1,104 @@
+"""Server pings, and the 4000 close of clients that go silent."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from tests.conftest import StartServer
+
+from .conftest import RawConnect, WsConnect, wait_until
+
+FAST = {"websocket__heartbeat_interval": 0.2, "websocket__heartbeat_timeout": 0.6}
+
+
+async def test_server_pings_every_interval(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    running = await running_server(
+        websocket__heartbeat_interval=0.2, websocket__heartbeat_timeout=5
+    )
+    raw = await raw_client(running)
+    loop = asyncio.get_running_loop()
+    times = []
+    for _ in range(4):
+        opcode, payload = await raw.read_frame(timeout=2)
+        assert (opcode, payload) == (0x9, b"")
+        times.append(loop.time())
+        raw.send_frame(b"", 0xA)  # pong
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.12 <= g <= 0.45 for g in gaps), gaps
+    assert running.server.heartbeat.pings_sent >= 4
+
+
+async def test_client_answering_pings_stays_connected(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server(**FAST)
+    c = await ws_client(running)  # websockets answers pings by itself
+    await c.subscribe(["t"])
+    await asyncio.sleep(1.5)  # well past the 0.6 s timeout, with no message sent
+    await c.ping()
+    assert len(running.server.connections) == 1
+    assert running.server.stats.heartbeat_timeouts == 0
+    assert running.server.heartbeat.pings_sent >= 5
+
+
+async def test_silent_client_is_closed_with_4000(
+    running_server: StartServer, raw_client: RawConnect, ws_client: WsConnect
+) -> None:
+    running = await running_server(**FAST)
+    server = running.server
+    alive = await ws_client(running)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    silent = await raw_client(running)
+    pings = 0
+    while True:  # never answer
+        opcode, payload = await silent.read_frame(timeout=3)
+        if opcode == 0x9:
+            pings += 1
+            continue
+        break
+    elapsed = loop.time() - t0
+    assert opcode == 0x8
+    assert int.from_bytes(payload[:2], "big") == 4000
+    assert payload[2:] == b"heartbeat timeout"
+    assert 0.55 <= elapsed <= 1.5, elapsed
+    assert pings >= 2
+    silent.send_close(4000)
+    assert await silent.at_eof()
+    await wait_until(lambda: len(server.connections) == 1, what="unregister")
+    assert server.stats.heartbeat_timeouts == 1
+    assert server.stats.closes[4000] == 1
+    # the client that answers pings is untouched
+    await alive.ping()
+
+
+async def test_client_messages_count_as_traffic(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    running = await running_server(**FAST)
+    raw = await raw_client(running)
+    for i in range(8):  # 1.6 s, never answering a ping, but talking
+        raw.send_json({"action": "ping", "id": str(i)})
+        assert (await raw.read_json())["id"] == str(i)
+        await asyncio.sleep(0.2)
+    assert running.server.stats.heartbeat_timeouts == 0
+    assert len(running.server.connections) == 1
+
+
+async def test_client_that_stops_answering_is_closed(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    running = await running_server(**FAST)
+    raw = await raw_client(running)
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # answers three pings
+        opcode, _ = await raw.read_frame(timeout=2)
+        assert opcode == 0x9
+        raw.send_frame(b"", 0xA)
+    stopped = loop.time()
+    code, reason = await raw.read_close(timeout=3)
+    assert (code, reason) == (4000, "heartbeat timeout")
+    assert 0.4 <= loop.time() - stopped <= 1.5

@@ -1,0 +1,155 @@
+"""Graceful shutdown: queued messages first, then 1001 for everyone; 503 while draining."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import StartServer
+
+from .conftest import RawConnect, WsConnect, get_json, publish, wait_until
+
+
+async def test_shutdown_closes_every_client_with_1001(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server()
+    clients = [await ws_client(running) for _ in range(3)]
+    for c in clients:
+        await c.ping()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await running.server.shutdown(grace=2)
+    assert loop.time() - t0 < 1.5  # clients answered the close at once
+    codes = [await c.close_code() for c in clients]
+    assert codes == [1001, 1001, 1001]
+    assert running.server.connections == {}
+    assert running.server.stats.closes[1001] == 3
+    for c in clients:
+        assert c.ws.close_reason == "server shutting down"
+
+
+async def test_queued_messages_are_delivered_before_the_close(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server()
+    server = running.server
+    a = await ws_client(running)
+    b = await ws_client(running)
+    await a.subscribe(["t"])
+    await b.subscribe(["t"], keys={"t": ["even"]})
+    for n in range(1, 501):
+        await server.publish("t", n, key="even" if n % 2 == 0 else None)
+    assert len(server.hub.queue) == 500  # none fanned out yet
+    await server.shutdown(grace=3)
+
+    got_a = await a.recv_n(500)
+    assert [m["seq"] for m in got_a] == list(range(1, 501))
+    assert await a.close_code() == 1001
+    got_b = await b.recv_n(250)
+    assert [m["payload"] for m in got_b] == list(range(2, 501, 2))
+    assert await b.close_code() == 1001
+
+
+async def test_http_published_just_before_shutdown_is_delivered(
+    running_server: StartServer, ws_client: WsConnect, http: aiohttp.ClientSession
+) -> None:
+    running = await running_server()
+    c = await ws_client(running)
+    await c.subscribe(["t"])
+    status, _ = await publish(http, running, [{"type": "t", "payload": i} for i in range(50)])
+    assert status == 202
+    await running.server.shutdown(grace=2)
+    assert [m["payload"] for m in await c.recv_n(50)] == list(range(50))
+    assert await c.close_code() == 1001
+
+
+async def test_upgrades_during_draining_get_503(
+    running_server: StartServer,
+    raw_client: RawConnect,
+    ws_client: WsConnect,
+    http: aiohttp.ClientSession,
+) -> None:
+    running = await running_server(websocket__send_buffer_limit=64 * 1024 * 1024)
+    server = running.server
+    # a client that stops reading with megabytes pending keeps the server
+    # draining: its close frame waits behind the data until the grace period ends
+    stuck = await raw_client(running)
+    stuck.send_json({"action": "subscribe", "payload": {"types": ["big"]}})
+    assert (await stuck.read_json())["type"] == "ack"
+    blob = "x" * 100_000
+    for _ in range(100):
+        await server.publish("big", blob)
+    await wait_until(lambda: server.core.buffered_bytes_total() > 0, what="a full socket")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task = asyncio.create_task(server.shutdown(grace=1.0))
+    try:
+        await wait_until(lambda: server.draining, what="draining")
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        assert len(server.connections) == 1
+
+        with pytest.raises(InvalidStatus) as info:
+            await ws_client(running)
+        assert info.value.response.status_code == 503
+        assert orjson.loads(info.value.response.body)["error"]["code"] == "draining"
+        assert server.stats.rejected["draining"] == 1
+
+        status, health = await get_json(http, running, "/health")
+        assert status == 503
+        assert health["status"] == "unhealthy"
+        assert health["checks"]["draining"] is True
+        status, st = await get_json(http, running, "/status")
+        assert st["status"] == "draining"
+    finally:
+        await task
+    # the grace period bounds the wait; then the socket is dropped
+    assert 0.9 <= loop.time() - t0 < 2.0
+    assert await stuck.at_eof(timeout=2)
+    await wait_until(lambda: not server.connections, what="unregister")
+
+
+async def test_client_not_answering_the_close_does_not_hold_shutdown(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    running = await running_server()
+    silent = await raw_client(running)
+    silent.send_json({"action": "ping"})
+    await silent.read_json()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await running.server.shutdown(grace=3)
+    assert loop.time() - t0 < 1.0
+    code, reason = await silent.read_close()
+    assert (code, reason) == (1001, "server shutting down")
+    assert await silent.at_eof(timeout=2)
+
+
+async def test_closing_the_test_server_closes_clients_with_1001(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server()
+    a = await ws_client(running)
+    b = await ws_client(running)
+    await a.subscribe(["t"])
+    await b.ping()
+    await running.server.publish("t", "last words")
+    await running.test_server.close()
+    assert (await a.recv())["payload"] == "last words"
+    assert await a.close_code() == 1001
+    assert await b.close_code() == 1001
+    assert running.server.started is False
+
+
+async def test_shutdown_with_no_clients_is_quick(running_server: StartServer) -> None:
+    running = await running_server()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await running.server.shutdown(grace=5)
+    assert loop.time() - t0 < 0.5
+    assert running.server.started is False

@@ -1,0 +1,166 @@
+"""The built-in ``status``, ``stats`` and ``health`` types carry the server's real state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from aiosrv import __version__
+from tests.conftest import StartServer
+
+from .conftest import Client, WsConnect, get_json, publish
+
+FAST = {"sources__enabled": True, "sources__interval": 0.1}
+
+
+async def next_matching(c: Client, type_: str, pred, timeout: float = 3.0) -> dict[str, Any]:
+    """The first ``type_`` data message whose payload satisfies ``pred`` (others skipped)."""
+    return (await all_matching(c, {type_: pred}, timeout))[type_]
+
+
+async def all_matching(
+    c: Client, preds: dict[str, Any], timeout: float = 3.0
+) -> dict[str, dict[str, Any]]:
+    """Read until, for every type, a data message satisfied its predicate."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict[str, Any]] = {}
+    last: dict[str, Any] = {}
+    while set(found) != set(preds):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no matching {set(preds) - set(found)}; last seen: {last}")
+        try:
+            msg = await c.recv(timeout=left)
+        except asyncio.TimeoutError:
+            continue
+        t = msg["type"]
+        last[t] = msg["payload"]
+        if t in preds and t not in found and preds[t](msg["payload"]):
+            found[t] = msg
+    return found
+
+
+async def test_stats_status_health_carry_real_values(
+    running_server: StartServer, ws_client: WsConnect, http: aiohttp.ClientSession
+) -> None:
+    running = await running_server(**FAST)
+    server = running.server
+    others = [await ws_client(running) for _ in range(2)]
+    for o in others:
+        await o.ping()
+    c = await ws_client(running)
+    await c.subscribe(["stats", "status", "health"])
+    # connecting and subscribing changed all three: each is published at the next tick
+    got = await all_matching(
+        c,
+        {
+            "stats": lambda s: s["connections"]["active_connections"] == 3,
+            "status": lambda s: s["subscriptions"] == 3,
+            "health": lambda s: s["checks"]["connections"]["active"] == 3,
+        },
+        timeout=1.0,
+    )
+    msg = got["stats"]
+    p = msg["payload"]
+    assert msg["id"] == f"stats:{msg['seq']}"
+    assert p["connections"]["active_connections"] == 3
+    assert p["connections"]["total_connections"] == 3
+    assert p["connections"]["subscriptions_by_type"] == {"stats": 1, "status": 1, "health": 1}
+    assert p["message_queue"]["limit"] == 10000
+    assert p["memory"]["rss_bytes"] > 0
+    assert p["memory"]["rss_per_connection_bytes"] == p["memory"]["rss_bytes"] // 3
+    assert p["broker"]["engine"] == "memory"
+    assert p["core"]["implementation"] == server.implementation
+    assert set(p) >= {"timestamp", "uptime_seconds", "cpu_percent", "event_loop_lag_ms"}
+
+    # the same document as GET /stats
+    status, doc = await get_json(http, running, "/stats")
+    assert status == 200
+    assert set(doc) == set(p)
+
+    st = got["status"]["payload"]
+    assert st["connections"] == 3
+    assert st["status"] == "running"
+    assert st["version"] == __version__
+    assert st["instance"] == server.instance_id
+    assert st["healthy"] is True
+    h = got["health"]["payload"]
+    assert h["status"] == "healthy"
+    assert h["checks"]["queue"] == {"ok": True, "depth": 0, "limit": 10000}
+
+    # a client leaves: the next stats and status say so
+    await others[0].close()
+    await all_matching(
+        c,
+        {
+            "stats": lambda s: s["connections"]["active_connections"] == 2,
+            "status": lambda s: s["connections"] == 2,
+            "health": lambda s: s["checks"]["connections"]["active"] == 2,
+        },
+    )
+
+    # published messages show up in the stats messages
+    await publish(http, running, [{"type": "other", "payload": i} for i in range(5)])
+    await next_matching(
+        c, "stats", lambda s: s["messages"]["published_total"] >= 5 and s["broker"]["types"] == 4
+    )
+
+
+async def test_late_subscriber_gets_every_builtin_within_max_silence(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server(**FAST, sources__max_silence=0.5)
+    c = await ws_client(running)
+    await c.ping()
+    await asyncio.sleep(0.4)  # the values changed by connecting are published by now
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await c.subscribe(["status", "stats", "health"])
+    seen: set[str] = set()
+    while seen != {"status", "stats", "health"}:
+        seen.add((await c.recv(timeout=2))["type"])
+    assert loop.time() - t0 < 1.0
+
+
+async def test_unchanged_value_is_not_republished_every_tick(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server(**FAST, sources__max_silence=0.5)
+    c = await ws_client(running)
+    await c.subscribe(["health"])
+    await asyncio.sleep(1.2)  # 12 ticks
+    seqs = []
+    while True:
+        try:
+            seqs.append((await c.recv(timeout=0.05))["seq"])
+        except asyncio.TimeoutError:
+            break
+    # republished after each 0.5 s of silence, not on each of the 12 ticks
+    assert 1 <= len(seqs) <= 4, seqs
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_sources_disabled_publish_nothing(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server(sources__enabled=False, sources__interval=0.1)
+    c = await ws_client(running)
+    await c.subscribe(["status", "stats", "health"])
+    await c.expect_nothing(0.5)
+    assert running.server.sources.published == 0
+
+
+async def test_builtin_types_are_in_history(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    running = await running_server(**FAST)
+    await asyncio.sleep(0.3)
+    c = await ws_client(running)
+    reply = await c.request("history", {"type": "health", "limit": 1})
+    (msg,) = reply["payload"]["messages"]
+    assert msg["type"] == "health"
+    assert msg["payload"]["status"] == "healthy"
+    assert running.server.stats.published_sources >= 3
