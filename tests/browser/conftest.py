@@ -1,0 +1,1 @@
+from tests.server.conftest import ws_client  # noqa: F401  (shared fixture)
