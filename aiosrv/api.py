@@ -8,10 +8,12 @@ and the admin routes need ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -133,12 +135,27 @@ async def publish(request: web.Request) -> web.Response:
         return error_response(exc)
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def token_required(handler: Handler) -> Handler:
+    """Refuse the call with 401 unless it carries the configured api.token."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.Response:
+        try:
+            _check_token(request)
+        except ClientError as exc:
+            _server(request).stats.count_error(exc.code)
+            return error_response(exc)
+        return await handler(request)
+
+    return checked
+
+
+@token_required
 async def reload_config(request: web.Request) -> web.Response:
     server = _server(request)
-    try:
-        _check_token(request)
-    except ClientError as exc:
-        return error_response(exc)
     log.info("config reload requested over HTTP from %s", request.remote)
     result = server.reload()
     return json_response(result.as_dict(), 200 if result.ok else 400)
@@ -156,12 +173,9 @@ def _gc_stats() -> dict[str, Any]:
     }
 
 
+@token_required
 async def gc_collect(request: web.Request) -> web.Response:
     server = _server(request)
-    try:
-        _check_token(request)
-    except ClientError as exc:
-        return error_response(exc)
     server.sampler.sample(server, force=True)
     rss_before = server.sampler.rss
     t0 = time.perf_counter()
@@ -181,12 +195,9 @@ async def gc_collect(request: web.Request) -> web.Response:
     )
 
 
+@token_required
 async def gc_stats(request: web.Request) -> web.Response:
     server = _server(request)
-    try:
-        _check_token(request)
-    except ClientError as exc:
-        return error_response(exc)
     body = _gc_stats()
     server.sampler.sample(server)
     body["rss_mb"] = round(server.sampler.rss / 1048576, 1)

@@ -86,8 +86,6 @@ class Hub:
         self.fanned_out = 0
         self.flushes = 0
         self.coalesced_flushes = 0
-        self.latency_sum = 0.0
-        self.latency_max = 0.0
         broker.bind(self._on_publication)
 
     @property
@@ -190,6 +188,13 @@ class Hub:
         elif self._flush_timer is None:
             delay = self.settings.flush_interval - (now - self._first_unflushed)
             self._flush_timer = self.loop.call_later(max(delay, 0.0), self.flush)
+
+    def drain_now(self, deadline: float) -> None:
+        """Fan out the whole queue and flush, without yielding (shutdown), until
+        ``deadline`` on the loop's clock."""
+        while self.queue and self.loop.time() < deadline:
+            self._drain()
+        self.flush()
 
     def _track_load(self, now: float, n: int) -> None:
         interval = self.settings.flush_interval
@@ -300,5 +305,6 @@ class Hub:
             "under_load": self._under_load,
             "fanned_out": self.fanned_out,
             "flushes": self.flushes,
+            "coalesced_flushes": self.coalesced_flushes,
             "policy": "refuse local publishes with queue_full; drop remote arrivals (counted)",
         }

@@ -157,9 +157,7 @@ class Server:
         self.draining = True
         deadline = self.loop.time() + grace
         # fan out what is already queued, so in-flight messages are delivered
-        while self.hub.queue and self.loop.time() < deadline:
-            self.hub._drain()
-        self.hub.flush()
+        self.hub.drain_now(deadline)
         for conn in list(self.connections.values()):
             conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
         while (self.connections or self._tasks) and self.loop.time() < deadline:

@@ -133,6 +133,12 @@ def messages_snapshot(server: Server) -> dict[str, Any]:
         "errors": dict(server.stats.errors),
         "error_rate": round(s.error_rate, 4),
         "writes_total": server.core.writes,
+        "published_by_origin": {
+            "http": server.stats.published_http,
+            "websocket": server.stats.published_ws,
+            "sources": server.stats.published_sources,
+        },
+        "heartbeat_pings_sent": server.heartbeat.pings_sent,
     }
 
 
