@@ -239,6 +239,7 @@ class Connection:
 
     async def _close(self, code: int, reason: str, drain: bool) -> None:
         transport = self.sub.transport
+        deadline = self.server.loop.time() + CLOSE_TIMEOUT
         try:
             await asyncio.wait_for(
                 self.ws.close(code=code, message=reason.encode()[:123], drain=drain),
@@ -246,13 +247,16 @@ class Connection:
             )
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             pass
-        finally:
-            # A client that stopped reading never takes the close frame out of
-            # the buffer: drop the socket rather than hold its memory.
-            if (transport is not None and not transport.is_closing()) or (
-                transport is not None and transport.get_write_buffer_size()
-            ):
-                transport.abort()
+        if transport is None:
+            return
+        # The close frame sits behind whatever the kernel has not taken yet: a
+        # client that reads again gets its data and then the close code. One that
+        # never reads would hold that buffer for ever, so after CLOSE_TIMEOUT the
+        # socket is dropped.
+        while transport.get_write_buffer_size() and self.server.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if transport.get_write_buffer_size() or not transport.is_closing():
+            transport.abort()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
