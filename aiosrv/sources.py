@@ -3,7 +3,8 @@
 Every ``sources.interval`` seconds the server samples its own state (the same
 snapshots ``/status``, ``/stats`` and ``/health`` answer with) and publishes a
 type when its value changed, and at least every ``sources.max_silence``
-seconds, so a fresh subscriber never waits long for its first message.
+seconds, and when it gained subscribers since the last sample, so a new
+subscriber gets its first message within one interval.
 Fields that change on every sample (timestamps, uptime) do not count as a
 change. The interval's own delay also gives the event loop lag.
 """
@@ -46,6 +47,7 @@ class Sources:
         self._task: asyncio.Task[None] | None = None
         self._last_sig: dict[str, bytes] = {}
         self._last_sent: dict[str, float] = {}
+        self._subscribers: dict[str, int] = {}
         self.published = 0
 
     def start(self) -> None:
@@ -83,11 +85,17 @@ class Sources:
         # Sample every type before publishing any: otherwise the later snapshots
         # count this tick's own publications (queue depth) as a change.
         snaps = [(type_, make(server)) for type_, make in SOURCES.items()]
+        # A type that gained subscribers is published now, changed or not, so a
+        # new subscriber waits one interval for its first value, not max_silence.
+        counts = server.core.type_counts()
         for type_, snap in snaps:
             sig = _signature(snap)
             last = self._last_sent.get(type_)
+            gained = counts.get(type_, 0) > self._subscribers.get(type_, 0)
+            self._subscribers[type_] = counts.get(type_, 0)
             if (
-                sig == self._last_sig.get(type_)
+                not gained
+                and sig == self._last_sig.get(type_)
                 and last is not None
                 and now - last < cfg.max_silence
             ):

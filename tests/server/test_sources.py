@@ -164,3 +164,24 @@ async def test_builtin_types_are_in_history(
     assert msg["type"] == "health"
     assert msg["payload"]["status"] == "healthy"
     assert running.server.stats.published_sources >= 3
+
+
+async def test_a_new_subscriber_gets_an_unchanged_type_within_one_interval(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    # max_silence of an hour: without the new-subscriber rule nothing would come
+    running = await running_server(**FAST, sources__max_silence=3600)
+    watcher = await ws_client(running)
+    await watcher.subscribe(["health"])
+    await watcher.recv_type("health", timeout=2)
+    client = await ws_client(running)  # connection counts settle with this one
+    await watcher.recv_type("health", timeout=2)
+    await watcher.expect_nothing(0.3)  # health is unchanged from here on
+    # an existing connection subscribing later changes no value in health
+    await client.subscribe(["health"])
+    t0 = time.monotonic()
+    msg = await client.recv_type("health", timeout=2)
+    assert time.monotonic() - t0 < 1.0
+    assert msg["payload"]["status"] == "healthy"
+    # and the unchanged value is not repeated once everyone has it
+    await client.expect_nothing(0.5)
