@@ -32,11 +32,12 @@ STATE_OVERFLOWED = _OVERFLOWED
 STATE_CLOSED = _CLOSED
 
 
-cpdef bytes encode_frame(bytes payload, int opcode=0x1):
+cpdef bytes encode_frame(bytes payload, int opcode=0x1, bint rsv1=False):
     """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
 
     One allocation holds header and payload; the result is shared by every
-    receiver of the message.
+    receiver of the message. ``rsv1`` marks a message compressed with
+    permessage-deflate (RFC 7692).
     """
     if payload is None:
         # typed ``bytes`` arguments admit None, which PyBytes_GET_SIZE must not see
@@ -53,7 +54,7 @@ cpdef bytes encode_frame(bytes payload, int opcode=0x1):
     cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + n)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
     cdef int i
-    p[0] = 0x80 | (opcode & 0x0F)
+    p[0] = 0x80 | (0x40 if rsv1 else 0) | (opcode & 0x0F)
     if hlen == 2:
         p[1] = <unsigned char>n
     elif hlen == 4:
@@ -86,6 +87,7 @@ cdef class Subscriber:
     cdef public Py_ssize_t limit
     cdef public object owner
     cdef public double last_seen
+    cdef readonly bint deflate
     cdef list _pending
     cdef Py_ssize_t _pending_bytes
     cdef Py_ssize_t _transport_buffered
@@ -93,8 +95,9 @@ cdef class Subscriber:
     cdef int _state
     cdef dict _filters
 
-    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None):
+    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False):
         self.conn_id = conn_id
+        self.deflate = deflate
         self.transport = transport
         self.limit = limit
         self.owner = owner
@@ -161,6 +164,7 @@ cdef class FanOut:
     cdef dict _by_key
     cdef list _dirty
     cdef list _to_close
+    cdef public Py_ssize_t deflate_count
     cdef public unsigned long long published
     cdef public unsigned long long delivered
     cdef public unsigned long long writes
@@ -173,6 +177,7 @@ cdef class FanOut:
         self._by_key = {}
         self._dirty = []
         self._to_close = []
+        self.deflate_count = 0
         self.published = 0
         self.delivered = 0
         self.writes = 0
@@ -182,7 +187,10 @@ cdef class FanOut:
     # -- registry ------------------------------------------------------------
 
     def add(self, Subscriber sub not None):
-        self._all[sub] = None
+        if sub not in self._all:
+            self._all[sub] = None
+            if sub.deflate:
+                self.deflate_count += 1
 
     def remove(self, Subscriber sub not None):
         cdef Py_ssize_t count = sub._subscription_count()
@@ -193,7 +201,10 @@ cdef class FanOut:
         sub._pending_bytes = 0
         if sub._state == _OPEN:
             sub._state = _CLOSED
-        self._all.pop(sub, None)
+        if sub in self._all:
+            del self._all[sub]
+            if sub.deflate:
+                self.deflate_count -= 1
         return count
 
     def subscribe(self, Subscriber sub not None, type_, keys=None):
@@ -262,20 +273,28 @@ cdef class FanOut:
                 out.extend(per_key.get(key, ()))
         return out
 
-    cpdef Py_ssize_t publish(self, object type_, object key, bytes frame) except -1:
-        """Queue one framed message to every receiver; return how many got it."""
+    cpdef Py_ssize_t publish(self, object type_, object key, bytes frame,
+                             bytes frame_deflate=None) except -1:
+        """Queue one framed message to every receiver; return how many got it.
+
+        With ``frame_deflate`` (the same message compressed once), receivers
+        that negotiated permessage-deflate get that frame instead.
+        """
         cdef Py_ssize_t n = 0
         cdef PyObject* found
         cdef dict subs
         cdef dict per_key
+        cdef Subscriber s
         if frame is None:
             raise TypeError("frame must be bytes, not None")
+        cdef bytes alt = frame if frame_deflate is None else frame_deflate
         self.published += 1
         found = PyDict_GetItem(self._by_type, type_)
         if found is not NULL:
             subs = <dict>found
             for sub in subs:
-                n += self._append(<Subscriber>sub, frame)
+                s = <Subscriber>sub
+                n += self._append(s, alt if s.deflate else frame)
         if key is not None:
             found = PyDict_GetItem(self._by_key, type_)
             if found is not NULL:
@@ -284,7 +303,8 @@ cdef class FanOut:
                 if found is not NULL:
                     subs = <dict>found
                     for sub in subs:
-                        n += self._append(<Subscriber>sub, frame)
+                        s = <Subscriber>sub
+                        n += self._append(s, alt if s.deflate else frame)
         self.delivered += n
         return n
 

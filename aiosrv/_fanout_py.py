@@ -64,14 +64,15 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
-def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+def encode_frame(payload: bytes, opcode: int = OP_TEXT, rsv1: bool = False) -> bytes:
     """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
 
     The result is a new ``bytes`` holding header and payload, made once and
-    shared by every receiver of the message.
+    shared by every receiver of the message. ``rsv1`` marks a message
+    compressed with permessage-deflate (RFC 7692).
     """
     n = len(payload)
-    first = 0x80 | (opcode & 0x0F)
+    first = 0x80 | (0x40 if rsv1 else 0) | (opcode & 0x0F)
     if n < 126:
         header = bytes((first, n))
     elif n < 65536:
@@ -101,14 +102,19 @@ class Subscriber:
         "_state",
         "_transport_buffered",
         "conn_id",
+        "deflate",
         "last_seen",
         "limit",
         "owner",
         "transport",
     )
 
-    def __init__(self, conn_id: str, transport: Any, limit: int, owner: Any = None) -> None:
+    def __init__(
+        self, conn_id: str, transport: Any, limit: int, owner: Any = None, deflate: bool = False
+    ) -> None:
         self.conn_id = conn_id
+        # negotiated permessage-deflate: receives the shared compressed frame
+        self.deflate = deflate
         self.transport = transport
         self.limit = limit
         self.owner = owner
@@ -176,6 +182,7 @@ class FanOut:
         "_by_type",
         "_dirty",
         "_to_close",
+        "deflate_count",
         "delivered",
         "dropped_bytes",
         "overflows",
@@ -189,6 +196,7 @@ class FanOut:
         self._by_key: dict[str, dict[str, dict[Subscriber, None]]] = {}
         self._dirty: list[Subscriber] = []
         self._to_close: list[Subscriber] = []
+        self.deflate_count = 0  # registered subscribers that take compressed frames
         self.published = 0  # messages passed to publish()
         self.delivered = 0  # frames queued to receivers by publish()
         self.writes = 0  # transport writes
@@ -198,7 +206,10 @@ class FanOut:
     # -- registry ------------------------------------------------------------
 
     def add(self, sub: Subscriber) -> None:
-        self._all[sub] = None
+        if sub not in self._all:
+            self._all[sub] = None
+            if sub.deflate:
+                self.deflate_count += 1
 
     def remove(self, sub: Subscriber) -> int:
         """Forget a subscriber: its subscriptions, pending frames and registration.
@@ -213,7 +224,10 @@ class FanOut:
         sub._pending_bytes = 0
         if sub._state == STATE_OPEN:
             sub._state = STATE_CLOSED
-        self._all.pop(sub, None)
+        if sub in self._all:
+            del self._all[sub]
+            if sub.deflate:
+                self.deflate_count -= 1
         return count
 
     def subscribe(self, sub: Subscriber, type_: str, keys: Iterable[str] | None = None) -> None:
@@ -273,21 +287,28 @@ class FanOut:
                 out.extend(per_key.get(key, ()))
         return out
 
-    def publish(self, type_: str, key: str | None, frame: bytes) -> int:
-        """Queue one framed message to every receiver; return how many got it."""
+    def publish(
+        self, type_: str, key: str | None, frame: bytes, frame_deflate: bytes | None = None
+    ) -> int:
+        """Queue one framed message to every receiver; return how many got it.
+
+        With ``frame_deflate`` (the same message compressed once), receivers
+        that negotiated permessage-deflate get that frame instead.
+        """
         self.published += 1
         n = 0
+        alt = frame if frame_deflate is None else frame_deflate
         subs = self._by_type.get(type_)
         if subs is not None:
             for sub in subs:
-                n += self._append(sub, frame)
+                n += self._append(sub, alt if sub.deflate else frame)
         if key is not None:
             per_key = self._by_key.get(type_)
             if per_key is not None:
                 subs = per_key.get(key)
                 if subs is not None:
                     for sub in subs:
-                        n += self._append(sub, frame)
+                        n += self._append(sub, alt if sub.deflate else frame)
         self.delivered += n
         return n
 

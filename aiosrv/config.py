@@ -226,6 +226,13 @@ FIELDS: tuple[FieldSpec, ...] = (
        minimum=1024),
     _f("websocket.allow_client_publish", "bool", False, "ALLOW_CLIENT_PUBLISH", LIVE,
        "Whether WebSocket clients may publish messages themselves."),
+    _f("websocket.compression", "bool", False, "WEBSOCKET_COMPRESSION", LIVE,
+       "Offer permessage-deflate to clients that ask; applies to new connections."),
+    _f("websocket.compression_threshold", "size", 1024, "COMPRESSION_THRESHOLD", LIVE,
+       "Messages of at least this many bytes are compressed (once per message).",
+       minimum=0),
+    _f("websocket.compression_level", "int", 6, "COMPRESSION_LEVEL", LIVE,
+       "zlib level for compressed messages.", minimum=1, maximum=9),
     # api
     _f("api.host", "str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to."),
     _f("api.port", "int", 8080, "API_PORT", RESTART,
@@ -342,6 +349,9 @@ class WebSocketConfig:
     max_message_size: int = _default("websocket.max_message_size")
     send_buffer_limit: int = _default("websocket.send_buffer_limit")
     allow_client_publish: bool = _default("websocket.allow_client_publish")
+    compression: bool = _default("websocket.compression")
+    compression_threshold: int = _default("websocket.compression_threshold")
+    compression_level: int = _default("websocket.compression_level")
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,11 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         cfg = server.config.websocket
-        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self)
+        # permessage-deflate at the default window: this client takes the hub's
+        # shared compressed frames (other window sizes get plain frames, which
+        # RFC 7692 allows)
+        deflate = ws.compress == 15
+        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, deflate)
         self.sub.last_seen = server.loop.time()
 
     # -- sending -------------------------------------------------------------
@@ -273,7 +277,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         # aiohttp refuses a message whose size is >= max_msg_size; the contract
         # answers a message of exactly the limit and closes with 1009 beyond it.
         max_msg_size=cfg.max_message_size + 1,
-        compress=False,
+        compress=cfg.compression,
         timeout=CLOSE_TIMEOUT,
     )
     if not ws.can_prepare(request).ok:

@@ -106,13 +106,18 @@ class World:
         if kind == "add":
             name = f"s{len(self.subs)}"
             t = LoggedTransport(name, self.log)
-            s = self.impl.Subscriber(name, t, op[1])
+            # every third subscriber negotiated permessage-deflate
+            s = self.impl.Subscriber(name, t, op[1], None, len(self.subs) % 3 == 1)
             self.subs.append(s)
             self.transports.append(t)
             return fan.add(s)
         if kind == "publish":
             frame = self.impl.encode_frame(bytes([counter % 256]) * op[3])
-            return (frame, fan.publish(op[1], op[2], frame))
+            if counter % 2:
+                return (frame, fan.publish(op[1], op[2], frame))
+            # a distinct "compressed" frame, to check who gets which
+            alt = self.impl.encode_frame(bytes([(counter + 1) % 256]) * (op[3] // 2))
+            return (frame, alt, fan.publish(op[1], op[2], frame, alt))
         if kind == "send_all":
             frame = self.impl.encode_frame(bytes([counter % 256]) * op[1], self.impl.OP_PING)
             return (frame, fan.send_all(frame))
@@ -171,6 +176,7 @@ class World:
                 "subscribed": {t: s.is_subscribed(t) for t in TYPES},
                 "last_seen": s.last_seen,
                 "limit": s.limit,
+                "deflate": s.deflate,
                 "repr": repr(s),
                 "writes": list(self.transports[i].writes),
             }
@@ -182,6 +188,7 @@ class World:
             "writes": fan.writes,
             "overflows": fan.overflows,
             "dropped_bytes": fan.dropped_bytes,
+            "deflate_count": fan.deflate_count,
             "subscriber_count": fan.subscriber_count,
             "dirty_count": fan.dirty_count,
             "subscribers": [s.conn_id for s in fan.subscribers()],
