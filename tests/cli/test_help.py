@@ -6,8 +6,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from aiosrv import __version__
 from aiosrv.cli import FLAG_KEYS
 from aiosrv.fanout import IMPLEMENTATION
@@ -56,8 +54,7 @@ def test_top_level_help_lists_commands_precedence_and_signals(tmp_path: Path) ->
 
 def test_the_console_script_is_the_same_command(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "aiosrv"
-    if not script.exists():
-        pytest.skip("no console script next to this interpreter")
+    assert script.exists(), f"the aiosrv console script is not installed next to {sys.executable}"
     import subprocess
 
     result = subprocess.run(
