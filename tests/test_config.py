@@ -35,28 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "config" / "deployment.yaml"
 DOCS = REPO_ROOT / "docs" / "configuration.md"
 
-OPERATIONS_GUIDE_EXAMPLE = """\
-environment: production
-websocket:
-  host: "0.0.0.0"
-  port: 8765
-  max_connections: 2000
-  max_subscriptions_per_client: 200
-  heartbeat_interval: 30.0
-service_discovery:
-  backend: consul
-  consul_host: consul.example.com
-  consul_port: 8500
-scaling:
-  min_instances: 3
-  max_instances: 10
-  target_cpu_utilization: 70.0
-  target_memory_utilization: 80.0
-monitoring:
-  enabled: true
-  metrics_port: 9090
-  prometheus_enabled: true
-"""
+OPERATIONS_GUIDE_EXAMPLE = (REPO_ROOT / "tests" / "data" / "ops-guide-deployment.yaml").read_text()
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:

@@ -11,31 +11,7 @@ from .conftest import REPO, StartServer, clean_env, run_aiosrv
 
 #: The operations guide's example ``config/deployment.yaml``, copied verbatim
 #: from /work/shared/seeds/operations-guide.md ("主配置文件").
-GUIDE_DEPLOYMENT_YAML = """\
-environment: production
-websocket:
-  host: "0.0.0.0"
-  port: 8765
-  max_connections: 2000
-  max_subscriptions_per_client: 200
-  heartbeat_interval: 30.0
-
-service_discovery:
-  backend: consul
-  consul_host: consul.example.com
-  consul_port: 8500
-
-scaling:
-  min_instances: 3
-  max_instances: 10
-  target_cpu_utilization: 70.0
-  target_memory_utilization: 80.0
-
-monitoring:
-  enabled: true
-  metrics_port: 9090
-  prometheus_enabled: true
-"""
+GUIDE_DEPLOYMENT_YAML = (REPO / "tests" / "data" / "ops-guide-deployment.yaml").read_text()
 
 
 def check(
