@@ -84,6 +84,7 @@ static long long find_num(const unsigned char *p, size_t n, const char *key) {
     const unsigned char *q = memmem(p, n, key, kl);
     if (!q) return -1;
     q += kl;
+    while (q < p + n && *q == ' ') q++; /* json.dumps writes ": " */
     long long v = 0;
     int any = 0;
     while (q < p + n && *q >= '0' && *q <= '9') { v = v * 10 + (*q - '0'); q++; any = 1; }
