@@ -1,11 +1,16 @@
 #!/bin/bash
 # One aiosrv scenario: server pinned to CPU 0, C load client and HTTP publisher on CPU 1.
-# usage: [SERVER=naive] bench/quick.sh NCONN RATE SECONDS SIZE [ENV=VALUE ...]   e.g. AIOSRV_NO_EXTENSIONS=1
+# usage: [SERVER=naive|websockets|node] bench/quick.sh NCONN RATE SECONDS SIZE [ENV=VALUE ...]   e.g. AIOSRV_NO_EXTENSIONS=1
 N=$1; RATE=$2; SECS=$3; SIZE=$4; shift 4
 cd "$(dirname "$0")/.." && cc -O2 -o bench/loadclient bench/loadclient.c
-# SERVER=naive runs the obvious aiohttp peer (bench/peers/aiohttp_naive.py) instead
+# SERVER=naive|websockets|node runs a peer from bench/peers instead of aiosrv
 if [ "${SERVER:-aiosrv}" = naive ]; then
     env "$@" taskset -c 0 .venv/bin/python bench/peers/aiohttp_naive.py --port 18765 --api-port 18080 > /tmp/aiosrv-bench-srv.log 2>&1 &
+elif [ "${SERVER}" = websockets ]; then
+    env "$@" taskset -c 0 .venv/bin/python bench/peers/websockets_broadcast.py --port 18765 --api-port 18080 > /tmp/aiosrv-bench-srv.log 2>&1 &
+elif [ "${SERVER}" = node ]; then
+    (cd bench/peers/node_ws && [ -d node_modules ] || npm install --silent --no-audit --no-fund)
+    env "$@" taskset -c 0 node bench/peers/node_ws/server.js 18765 18080 > /tmp/aiosrv-bench-srv.log 2>&1 &
 else
     env "$@" taskset -c 0 .venv/bin/aiosrv serve --host 127.0.0.1 --port 18765 --api-host 127.0.0.1 --api-port 18080 --metrics-port 19090 --set sources.enabled=false --set websocket.max_connections=20000 --log-level WARNING > /tmp/aiosrv-bench-srv.log 2>&1 &
 fi
