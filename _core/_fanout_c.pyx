@@ -87,7 +87,8 @@ cdef class Subscriber:
     cdef public Py_ssize_t limit
     cdef public object owner
     cdef public double last_seen
-    cdef readonly bint deflate
+    cdef public bint deflate
+    cdef bint _deflate_counted
     cdef list _pending
     cdef Py_ssize_t _pending_bytes
     cdef Py_ssize_t _transport_buffered
@@ -98,6 +99,7 @@ cdef class Subscriber:
     def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False):
         self.conn_id = conn_id
         self.deflate = deflate
+        self._deflate_counted = False
         self.transport = transport
         self.limit = limit
         self.owner = owner
@@ -190,6 +192,7 @@ cdef class FanOut:
         if sub not in self._all:
             self._all[sub] = None
             if sub.deflate:
+                sub._deflate_counted = True
                 self.deflate_count += 1
 
     def remove(self, Subscriber sub not None):
@@ -203,7 +206,8 @@ cdef class FanOut:
             sub._state = _CLOSED
         if sub in self._all:
             del self._all[sub]
-            if sub.deflate:
+            if sub._deflate_counted:
+                sub._deflate_counted = False
                 self.deflate_count -= 1
         return count
 

@@ -13,6 +13,14 @@ What it does, per published message:
 * :meth:`FanOut.flush` hands each dirty subscriber's pending frames to its
   transport in one ``write`` (one system call when the kernel buffer has room).
 
+permessage-deflate (RFC 7692) keeps that shape: the caller may pass the same
+message compressed once (a frame with RSV1 set, made with no context takeover)
+as ``frame_deflate``; receivers whose ``deflate`` flag is set get that object,
+the others the plain frame. Per receiver it is a flag check and an append;
+nothing is compressed per subscriber. :attr:`FanOut.deflate_count` (subscribers
+that were deflate ones when added) tells the caller whether compressing can pay
+at all. Replies (:meth:`FanOut.send`) go as they are given, uncompressed.
+
 Memory is bounded per subscriber: bytes the kernel would not take (the
 transport's buffer) plus bytes still pending may not pass ``limit``. A
 subscriber that passes it is marked overflowed, its pending frames are
@@ -95,6 +103,7 @@ class Subscriber:
     """One connection as the core sees it: its filters and its bounded output."""
 
     __slots__ = (
+        "_deflate_counted",
         "_dirty",
         "_filters",
         "_pending",
@@ -113,8 +122,10 @@ class Subscriber:
         self, conn_id: str, transport: Any, limit: int, owner: Any = None, deflate: bool = False
     ) -> None:
         self.conn_id = conn_id
-        # negotiated permessage-deflate: receives the shared compressed frame
+        # negotiated permessage-deflate: receives the shared compressed frame.
+        # Settable; set it before add() so FanOut.deflate_count includes it.
         self.deflate = deflate
+        self._deflate_counted = False  # counted in its FanOut's deflate_count
         self.transport = transport
         self.limit = limit
         self.owner = owner
@@ -196,7 +207,9 @@ class FanOut:
         self._by_key: dict[str, dict[str, dict[Subscriber, None]]] = {}
         self._dirty: list[Subscriber] = []
         self._to_close: list[Subscriber] = []
-        self.deflate_count = 0  # registered subscribers that take compressed frames
+        # registered subscribers that were deflate ones when added: when 0 the
+        # hub need not compress at all
+        self.deflate_count = 0
         self.published = 0  # messages passed to publish()
         self.delivered = 0  # frames queued to receivers by publish()
         self.writes = 0  # transport writes
@@ -209,6 +222,7 @@ class FanOut:
         if sub not in self._all:
             self._all[sub] = None
             if sub.deflate:
+                sub._deflate_counted = True
                 self.deflate_count += 1
 
     def remove(self, sub: Subscriber) -> int:
@@ -226,7 +240,8 @@ class FanOut:
             sub._state = STATE_CLOSED
         if sub in self._all:
             del self._all[sub]
-            if sub.deflate:
+            if sub._deflate_counted:
+                sub._deflate_counted = False
                 self.deflate_count -= 1
         return count
 

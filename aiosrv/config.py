@@ -23,8 +23,9 @@ Live settings: ``environment``, ``websocket.max_connections``,
 ``websocket.max_subscriptions_per_client``, ``websocket.heartbeat_interval``,
 ``websocket.heartbeat_timeout``, ``websocket.max_message_size`` (for new
 connections), ``websocket.send_buffer_limit``, ``websocket.allow_client_publish``,
-``api.token``, ``broadcast.*``, ``history.size``, ``logging.level``,
-``sources.*`` and ``shutdown.grace_period``.
+``websocket.compression`` (for new connections), ``websocket.compression_threshold``,
+``websocket.compression_level``, ``api.token``, ``broadcast.*``, ``history.size``,
+``logging.level``, ``sources.*`` and ``shutdown.grace_period``.
 
 :data:`FIELDS` is the single source of truth: parsing, environment variable
 names, live/restart, secrets, the section dataclass defaults and the

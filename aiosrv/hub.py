@@ -54,6 +54,11 @@ class HubSettings:
     flush_interval: float = 0.05
     queue_limit: int = 10000
     history_size: int = 50
+    # websocket.compression: whether new connections may negotiate
+    # permessage-deflate. Messages are compressed while any registered
+    # subscriber negotiated it (core.deflate_count), so connections made before
+    # compression was turned off keep receiving compressed frames.
+    compression: bool = False
     compression_threshold: int = 1024
     compression_level: int = 6
 
@@ -330,8 +335,13 @@ class Hub:
             "fanned_out": self.fanned_out,
             "flushes": self.flushes,
             "coalesced_flushes": self.coalesced_flushes,
+            "compression": self.settings.compression,
+            "compression_threshold": self.settings.compression_threshold,
+            "compression_level": self.settings.compression_level,
+            "deflate_subscribers": self.core.deflate_count,
             "compressed_messages": self.compressed,
             "compressed_bytes_in": self.compressed_bytes_in,
             "compressed_bytes_out": self.compressed_bytes_out,
+            "compressed_bytes_saved": self.compressed_bytes_in - self.compressed_bytes_out,
             "policy": "refuse local publishes with queue_full; drop remote arrivals (counted)",
         }

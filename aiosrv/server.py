@@ -40,6 +40,7 @@ def hub_settings(config: Config) -> HubSettings:
         flush_interval=config.broadcast.flush_interval,
         queue_limit=config.broadcast.queue_limit,
         history_size=config.history.size,
+        compression=config.websocket.compression,
         compression_threshold=config.websocket.compression_threshold,
         compression_level=config.websocket.compression_level,
     )

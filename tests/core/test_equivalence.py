@@ -1,11 +1,12 @@
 """The compiled core and its pure-Python twin behave identically.
 
 Random operation sequences (subscriptions with and without keys, publishes of
-every frame-length class, replies, flushes, slow and failing transports, small
-send-buffer limits) are applied to both implementations in lockstep, each with
-its own identical fake transports; after every step the return values, the
-bytes each transport received, the receivers and their order, the counters and
-every subscriber's state must be the same.
+every frame-length class, with and without a compressed alternative frame,
+subscribers that negotiated permessage-deflate or not, replies, flushes, slow
+and failing transports, small send-buffer limits) are applied to both
+implementations in lockstep, each with its own identical fake transports; after
+every step the return values, the bytes each transport received, the receivers
+and their order, the counters and every subscriber's state must be the same.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ operation = weighted(
     (1, st.tuples(st.just("fail_size"), sub_index, st.booleans())),
     (1, st.tuples(st.just("take"))),
     (1, st.tuples(st.just("seen"), sub_index, st.integers(0, 10))),
+    (1, st.tuples(st.just("deflate"), sub_index, st.booleans())),
     (1, st.tuples(st.just("expired"), st.integers(0, 11))),
 )
 operations = st.lists(operation, min_size=10, max_size=80)
@@ -148,6 +150,9 @@ class World:
             return None
         if kind == "fail_size":
             self.transports[i].fail_size = op[2]
+            return None
+        if kind == "deflate":
+            s.deflate = op[2]
             return None
         if kind == "seen":
             s.last_seen = float(op[2])

@@ -23,10 +23,14 @@ class DeflateRawClient(RawClient):
     """A raw client that offers permessage-deflate and shows RSV1 per frame."""
 
     @classmethod
-    async def open(cls, port: int, offer: bool = True) -> tuple[DeflateRawClient, bytes]:
+    async def open(cls, port: int, offer: bool | str = True) -> tuple[DeflateRawClient, bytes]:
+        """Upgrade; ``offer`` True offers plain permessage-deflate, a string
+        offers that extension header value, False offers nothing."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
-        ext = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if offer else ""
+        if offer is True:
+            offer = "permessage-deflate"
+        ext = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer else ""
         writer.write(
             (
                 f"GET /ws/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -50,6 +54,13 @@ class DeflateRawClient(RawClient):
 
 def inflate(body: bytes) -> bytes:
     return zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff")
+
+
+def deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert body.endswith(b"\x00\x00\xff\xff")
+    return body[:-4]
 
 
 async def publish(running: Running, payload: Any) -> None:
@@ -132,3 +143,75 @@ async def test_a_library_client_negotiates_and_reads_everything_in_order(
     assert got_deflating == list(range(20))
     assert got_bare == list(range(20))
     assert running.server.hub.compressed == 20
+
+
+async def test_a_client_that_limits_the_server_window_gets_plain_frames(
+    running_server: StartServer,
+) -> None:
+    # the shared frame is made with the full 32 KiB window, which a client that
+    # asked for server_max_window_bits=10 could not inflate: it gets plain ones
+    running = await running_server(websocket__compression=True, websocket__compression_threshold=0)
+    small, head = await DeflateRawClient.open(
+        running.port, "permessage-deflate; server_max_window_bits=10"
+    )
+    full, _ = await DeflateRawClient.open(running.port)
+    try:
+        assert b"server_max_window_bits=10" in head
+        for c in (small, full):
+            c.send_json({"action": "subscribe", "payload": {"types": ["t"]}})
+            assert (await c.read_raw())[0] is False
+        await publish(running, BIG)
+        rsv1, _, body = await small.read_raw()
+        assert rsv1 is False
+        assert orjson.loads(body)["payload"] == BIG
+        rsv1, _, body = await full.read_raw()
+        assert rsv1 is True
+        assert orjson.loads(inflate(body))["payload"] == BIG
+        assert running.server.hub.queue_stats()["deflate_subscribers"] == 1
+    finally:
+        await small.close()
+        await full.close()
+
+
+async def test_compressed_client_frames_are_understood(running_server: StartServer) -> None:
+    running = await running_server(websocket__compression=True)
+    client, _ = await DeflateRawClient.open(running.port)
+    try:
+        request = orjson.dumps({"action": "subscribe", "id": "z", "payload": {"types": ["t"]}})
+        client.send_frame(deflate(request), 0x40 | 0x1)  # RSV1: compressed
+        rsv1, _, body = await client.read_raw()
+        reply = orjson.loads(body)  # replies are sent uncompressed
+        assert (rsv1, reply["type"], reply["id"]) == (False, "ack", "z")
+        assert reply["payload"]["types"] == ["t"]
+    finally:
+        await client.close()
+
+
+async def test_turning_compression_on_and_off_applies_to_new_connections(
+    running_server: StartServer,
+) -> None:
+    running = await running_server(websocket__compression_threshold=0)
+    server = running.server
+    before, head = await DeflateRawClient.open(running.port)
+    assert b"permessage-deflate" not in head.lower()
+    server.apply(server.config.replace(**{"websocket.compression": True}))
+    assert server.hub.settings.compression is True
+    during, head = await DeflateRawClient.open(running.port)
+    assert b"permessage-deflate" in head.lower()
+    server.apply(server.config.replace(**{"websocket.compression": False}))
+    after, head = await DeflateRawClient.open(running.port)
+    assert b"permessage-deflate" not in head.lower()
+    clients = [before, during, after]
+    try:
+        for c in clients:
+            c.send_json({"action": "subscribe", "payload": {"types": ["t"]}})
+            assert (await c.read_raw())[0] is False
+        await publish(running, BIG)
+        # the connection that negotiated it keeps its compressed frames
+        got = [await c.read_raw() for c in clients]
+        assert [rsv1 for rsv1, _, _ in got] == [False, True, False]
+        assert orjson.loads(inflate(got[1][2]))["payload"] == BIG
+        assert got[0][2] == got[2][2] == inflate(got[1][2])
+    finally:
+        for c in clients:
+            await c.close()
