@@ -39,6 +39,7 @@ annotate: $(BIN)/python
 	@echo "annotations: _core/*.html"
 
 bench: setup
+	bash bench/setup.sh
 	$(BIN)/python bench/run.py
 
 clean:

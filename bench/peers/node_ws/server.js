@@ -1,35 +1,37 @@
-// A peer for bench/: Node's `ws`. Subscribers on PORT (any text frame
-// subscribes); POST /api/publish with a list on API_PORT sends each message to
-// every subscriber with ws.send(JSON.stringify(m)).
-const http = require('http');
+// Peer: Node's `ws`, the usual pick in Node. Subscribers kept in a Set; each
+// published message is serialised once and sent with ws.send(text) to each.
+// Compression off (as aiosrv's default).
+//
+//   node bench/peers/node_ws/server.js --port 18765
+'use strict';
 const { WebSocketServer } = require('ws');
 
-const port = Number(process.argv[2] || 18765);
-const apiPort = Number(process.argv[3] || 18080);
+const argv = process.argv.slice(2);
+const opt = (name, dflt) => { const i = argv.indexOf(name); return i >= 0 ? argv[i + 1] : dflt; };
+const host = opt('--host', '127.0.0.1');
+const port = Number(opt('--port', 18765));
+
 const clients = new Set();
-const seqs = {};
+const seqs = Object.create(null);
+const ack = (req, extra) => JSON.stringify({ type: 'ack', id: req.id ?? null, timestamp: Date.now(), payload: { action: req.action, ...extra } });
 
-const wss = new WebSocketServer({ host: '127.0.0.1', port, perMessageDeflate: false, backlog: 4096 });
+const wss = new WebSocketServer({ host, port, perMessageDeflate: false, backlog: 4096, maxPayload: 1 << 20 });
 wss.on('connection', (ws) => {
-  ws.on('message', () => clients.add(ws));
-  ws.on('close', () => clients.delete(ws));
-});
-
-http.createServer((req, res) => {
-  let body = '';
-  req.on('data', (c) => { body += c; });
-  req.on('end', () => {
-    const parsed = JSON.parse(body);
-    const items = Array.isArray(parsed) ? parsed : [parsed];
-    const out = [];
-    for (const item of items) {
-      const t = item.type;
-      seqs[t] = (seqs[t] || 0) + 1;
-      const m = JSON.stringify({ id: `${t}:${seqs[t]}`, type: t, timestamp: Date.now(), seq: seqs[t], payload: item.payload });
-      for (const ws of clients) ws.send(m);
-      out.push(seqs[t]);
+  ws.on('message', (data, isBinary) => {
+    if (isBinary) return;
+    const req = JSON.parse(data);
+    if (req.action === 'subscribe') {
+      clients.add(ws);
+      ws.send(ack(req, { types: req.payload.types }));
+    } else if (req.action === 'publish') {
+      const t = req.payload.type;
+      const seq = seqs[t] = (seqs[t] || 0) + 1;
+      const m = JSON.stringify({ id: `${t}:${seq}`, type: t, timestamp: Date.now(), seq, payload: req.payload.payload });
+      for (const c of clients) c.send(m);
+      ws.send(ack(req, { seq }));
     }
-    res.writeHead(202, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify({ seq: out }));
   });
-}).listen(apiPort, '127.0.0.1', () => console.log('ready'));
+  ws.on('close', () => clients.delete(ws));
+  ws.on('error', () => clients.delete(ws));
+});
+wss.on('listening', () => console.log('ready'));
