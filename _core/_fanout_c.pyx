@@ -9,11 +9,15 @@ attribute lookups or method calls per receiver. Frames are built with one
 allocation and a memcpy.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_SIZE
 from cpython.ref cimport PyObject
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
+
+from aiosrv.errors import FrameError
 
 OP_CONT = 0x0
 OP_TEXT = 0x1
@@ -443,3 +447,175 @@ cdef class FanOut:
             s = <Subscriber>sub
             n += s._pending_bytes + s._transport_buffered
         return n
+
+
+# -- reading client frames -----------------------------------------------------
+
+
+cdef bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* mask):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef unsigned char m8[8]
+    cdef uint64_t m64, w
+    cdef Py_ssize_t i = 0
+    for i in range(8):
+        m8[i] = mask[i & 3]
+    memcpy(&m64, m8, 8)
+    i = 0
+    while i + 8 <= n:
+        memcpy(&w, src + i, 8)
+        w ^= m64
+        memcpy(dst + i, &w, 8)
+        i += 8
+    while i < n:
+        dst[i] = src[i] ^ mask[i & 3]
+        i += 1
+    return out
+
+
+def unmask(bytes data not None, bytes mask not None):
+    """``data`` XOR the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    if PyBytes_GET_SIZE(mask) != 4:
+        raise ValueError("mask must be 4 bytes")
+    return _unmask(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                   <const unsigned char*>PyBytes_AS_STRING(mask))
+
+
+cdef class FrameReader:
+    """Parses what one client sends into whole messages (see the twin in
+    ``aiosrv/_fanout_py.py`` for the contract)."""
+
+    cdef public Py_ssize_t max_size
+    cdef public bint deflate
+    cdef public object error
+    cdef bytearray _buf
+    cdef list _frag
+    cdef int _frag_op
+    cdef bint _frag_rsv1
+    cdef Py_ssize_t _frag_size
+
+    def __init__(self, Py_ssize_t max_size, bint deflate=False):
+        self.max_size = max_size
+        self.deflate = deflate
+        self.error = None
+        self._buf = bytearray()
+        self._frag = []
+        self._frag_op = 0
+        self._frag_rsv1 = False
+        self._frag_size = 0
+
+    @property
+    def buffered(self):
+        return PyByteArray_GET_SIZE(self._buf)
+
+    def feed(self, data):
+        cdef list out = []
+        cdef const unsigned char* p
+        cdef Py_ssize_t end, pos = 0, start, head
+        cdef unsigned long long length
+        cdef int b0, b1, opcode, i
+        cdef bint fin, rsv1, from_buf
+        cdef bytes payload
+        if self.error is not None:
+            return out
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        from_buf = PyByteArray_GET_SIZE(self._buf) > 0
+        if from_buf:
+            self._buf += data
+            p = <const unsigned char*>PyByteArray_AS_STRING(self._buf)
+            end = PyByteArray_GET_SIZE(self._buf)
+        else:
+            p = <const unsigned char*>PyBytes_AS_STRING(data)
+            end = PyBytes_GET_SIZE(data)
+        while end - pos >= 2:
+            b0 = p[pos]
+            b1 = p[pos + 1]
+            fin = (b0 & 0x80) != 0
+            rsv1 = (b0 & 0x40) != 0
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            head = 6
+            if length == 126:
+                head = 8
+                if end - pos < 4:
+                    break
+                length = (<unsigned long long>p[pos + 2] << 8) | p[pos + 3]
+            elif length == 127:
+                head = 14
+                if end - pos < 10:
+                    break
+                length = 0
+                for i in range(8):
+                    length = (length << 8) | p[pos + 2 + i]
+            problem = self._check(fin, rsv1, b0 & 0x30, opcode, b1 & 0x80, length)
+            if problem is not None:
+                self.error = problem
+                self._buf = bytearray()
+                self._frag = []
+                return out
+            # length <= max_size here, so it fits Py_ssize_t
+            if <unsigned long long>(end - pos) < <unsigned long long>head + length:
+                break
+            start = pos + head
+            payload = _unmask(p + start, <Py_ssize_t>length, p + start - 4)
+            pos = start + <Py_ssize_t>length
+            if opcode >= 0x8:
+                out.append((opcode, payload, False))
+            elif opcode:
+                if fin:
+                    out.append((opcode, payload, rsv1))
+                else:
+                    self._frag_op = opcode
+                    self._frag_rsv1 = rsv1
+                    self._frag = [payload]
+                    self._frag_size = <Py_ssize_t>length
+            else:
+                self._frag.append(payload)
+                self._frag_size += <Py_ssize_t>length
+                if fin:
+                    out.append((self._frag_op, b"".join(self._frag), self._frag_rsv1))
+                    self._frag = []
+                    self._frag_op = 0
+                    self._frag_rsv1 = False
+                    self._frag_size = 0
+        if from_buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(data[pos:])
+        return out
+
+    cdef object _check(self, bint fin, bint rsv1, int rsv23, int opcode, int masked,
+                       unsigned long long length):
+        cdef unsigned long long size
+        if rsv23:
+            return FrameError(1002, "RSV2 or RSV3 set: no extension using them was negotiated")
+        if not masked:
+            return FrameError(1002, "client frames must be masked")
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                return FrameError(1002, f"unknown opcode {opcode:#x}")
+            if not fin:
+                return FrameError(1002, "a control frame must not be fragmented")
+            if length > 125:
+                return FrameError(1002, "a control frame's payload must be at most 125 bytes")
+            if rsv1:
+                return FrameError(1002, "RSV1 set on a control frame")
+            return None
+        if opcode == 0:
+            if not self._frag_op:
+                return FrameError(1002, "continuation frame with no fragmented message to continue")
+            if rsv1:
+                return FrameError(1002, "RSV1 set on a continuation frame")
+            size = <unsigned long long>self._frag_size + length
+        elif opcode > 0x2:
+            return FrameError(1002, f"unknown opcode {opcode:#x}")
+        else:
+            if self._frag_op:
+                return FrameError(1002, "new data frame before the fragmented message ended")
+            if rsv1 and not self.deflate:
+                return FrameError(1002, "RSV1 set but permessage-deflate was not negotiated")
+            size = length
+        if size > <unsigned long long>self.max_size:
+            return FrameError(1009, f"message of more than {self.max_size} bytes (the limit)")
+        return None

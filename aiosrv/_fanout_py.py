@@ -38,6 +38,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from .errors import FrameError
+
 __all__ = [
     "OP_BINARY",
     "OP_CLOSE",
@@ -49,6 +51,7 @@ __all__ = [
     "STATE_OPEN",
     "STATE_OVERFLOWED",
     "FanOut",
+    "FrameReader",
     "Subscriber",
     "encode_close",
     "encode_frame",
@@ -449,3 +452,164 @@ class FanOut:
     def buffered_bytes_total(self) -> int:
         """Pending plus transport-buffered bytes, over every subscriber."""
         return sum(s._pending_bytes + s._transport_buffered for s in self._all)
+
+
+# -- reading client frames -----------------------------------------------------
+
+#: What :meth:`FrameReader.feed` returns per complete message: its opcode
+#: (text, binary, close, ping or pong), its unmasked payload (a data message's
+#: fragments joined) and whether RSV1 marked it compressed (permessage-deflate).
+Message = tuple[int, bytes, bool]
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """``data`` XOR the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) // 4))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Parses what one client sends into whole messages (sans-I/O).
+
+    :meth:`feed` takes bytes as they arrive and returns the messages they
+    complete; a partial frame waits in the reader for the rest. Control frames
+    (ping, pong, close) come out as they arrive, even between the fragments of
+    a data message. Every rule of RFC 6455 section 5 a server must enforce is
+    checked as soon as the frame header is in, so an oversized frame is refused
+    before its payload is buffered: a violation stops the reader and is kept
+    in :attr:`error` (a :class:`~aiosrv.errors.FrameError` with the close code:
+    1002 for framing, 1009 for size), after the messages that came before it.
+
+    ``max_size`` bounds a message (the sum of its fragments, as received);
+    ``deflate`` says permessage-deflate was negotiated, which allows RSV1 on
+    the first frame of a data message. Decompression is the caller's.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_frag",
+        "_frag_op",
+        "_frag_rsv1",
+        "_frag_size",
+        "deflate",
+        "error",
+        "max_size",
+    )
+
+    def __init__(self, max_size: int, deflate: bool = False) -> None:
+        self.max_size = max_size
+        self.deflate = deflate
+        self.error: FrameError | None = None
+        self._buf = bytearray()
+        self._frag: list[bytes] = []
+        self._frag_op = 0
+        self._frag_rsv1 = False
+        self._frag_size = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        out: list[Message] = []
+        if self.error is not None:
+            return out
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            fin = b0 & 0x80
+            rsv1 = b0 & 0x40
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            head = 6
+            if length == 126:
+                head = 8
+                if end - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+            elif length == 127:
+                head = 14
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            problem = self._check(fin, rsv1, b0 & 0x30, opcode, b1 & 0x80, length)
+            if problem is not None:
+                self.error = problem
+                self._buf = bytearray()
+                self._frag = []
+                return out
+            if end - pos < head + length:
+                break
+            start = pos + head
+            payload = unmask(bytes(buf[start : start + length]), bytes(buf[start - 4 : start]))
+            pos = start + length
+            if opcode >= 0x8:
+                out.append((opcode, payload, False))
+            elif opcode:
+                if fin:
+                    out.append((opcode, payload, bool(rsv1)))
+                else:
+                    self._frag_op = opcode
+                    self._frag_rsv1 = bool(rsv1)
+                    self._frag = [payload]
+                    self._frag_size = length
+            else:
+                self._frag.append(payload)
+                self._frag_size += length
+                if fin:
+                    out.append((self._frag_op, b"".join(self._frag), self._frag_rsv1))
+                    self._frag = []
+                    self._frag_op = 0
+                    self._frag_rsv1 = False
+                    self._frag_size = 0
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(buf[pos:])
+        return out
+
+    def _check(
+        self, fin: int, rsv1: int, rsv23: int, opcode: int, masked: int, length: int
+    ) -> FrameError | None:
+        if rsv23:
+            return FrameError(1002, "RSV2 or RSV3 set: no extension using them was negotiated")
+        if not masked:
+            return FrameError(1002, "client frames must be masked")
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                return FrameError(1002, f"unknown opcode {opcode:#x}")
+            if not fin:
+                return FrameError(1002, "a control frame must not be fragmented")
+            if length > 125:
+                return FrameError(1002, "a control frame's payload must be at most 125 bytes")
+            if rsv1:
+                return FrameError(1002, "RSV1 set on a control frame")
+            return None
+        if opcode == 0:
+            if not self._frag_op:
+                return FrameError(1002, "continuation frame with no fragmented message to continue")
+            if rsv1:
+                return FrameError(1002, "RSV1 set on a continuation frame")
+            size = self._frag_size + length
+        elif opcode > 0x2:
+            return FrameError(1002, f"unknown opcode {opcode:#x}")
+        else:
+            if self._frag_op:
+                return FrameError(1002, "new data frame before the fragmented message ended")
+            if rsv1 and not self.deflate:
+                return FrameError(1002, "RSV1 set but permessage-deflate was not negotiated")
+            size = length
+        if size > self.max_size:
+            return FrameError(1009, f"message of more than {self.max_size} bytes (the limit)")
+        return None

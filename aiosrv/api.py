@@ -97,7 +97,7 @@ async def ws_stats(request: web.Request) -> web.Response:
     server = _server(request)
     server.sampler.sample(server)
     snap = connections_snapshot(server)
-    snap["pending_upgrades"] = server.pending_upgrades
+    snap["closing"] = len(server.closing_connections)
     snap["draining"] = server.draining
     return json_response(snap)
 

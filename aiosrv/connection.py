@@ -1,10 +1,25 @@
-"""One WebSocket client: the aiohttp upgrade, the read loop and the actions.
+"""One WebSocket client: the upgrade, the socket's protocol and the actions.
 
-Reading goes through aiohttp (framing, UTF-8 checks, the size limit with 1009,
-control frames); every byte the server sends a client, replies included, goes
-through the fan-out core's per-connection buffer, so replies and data messages
-reach a client in the order they were queued and the send-buffer limit covers
-everything.
+aiohttp parses the upgrade request and routes it; :func:`websocket_handler`
+checks it (:mod:`aiosrv.handshake`), writes the ``101`` itself and takes the
+socket away from aiohttp (:func:`_detach`): from then on the transport's
+protocol is the :class:`Connection`, and no aiohttp request, response, parser
+or task stays alive per client. That is what keeps an idle connection at a
+couple of KiB (the transport, this object, its :class:`Subscriber` and its
+:class:`FrameReader`), where aiohttp's WebSocket handler holds about 15 KiB.
+
+Reading: :class:`FrameReader` (in the core) turns bytes into messages and
+enforces RFC 6455 and the size limit; text messages are parsed
+(:mod:`aiosrv.protocol`) and answered inline, in the same loop iteration,
+unless an action has to wait (recovery, history, publish through the broker):
+then one task per connection works through the requests in arrival order and
+exits when they are done, reading pauses while too many wait.
+
+Writing: every byte the server sends a client, replies and the close frame
+included, goes through the fan-out core's per-connection buffer (or, once
+fan-out to it has stopped, straight to the transport after everything queued
+before it), so replies and data reach a client in the order they were queued
+and the send-buffer limit covers everything.
 """
 
 from __future__ import annotations
@@ -13,19 +28,33 @@ import asyncio
 import logging
 import secrets
 import time
+import zlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from . import protocol
+from . import handshake, protocol
 from .errors import (
     ClientError,
     CloseCode,
+    ErrorCode,
+    FrameError,
     InvalidMessage,
     PublishForbidden,
     TooManySubscriptions,
 )
-from .fanout import OP_PONG, Subscriber, encode_frame
+from .fanout import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    Subscriber,
+    encode_close,
+    encode_frame,
+)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -35,33 +64,59 @@ log = logging.getLogger("aiosrv.connection")
 #: How long a close handshake may take before the socket is aborted.
 CLOSE_TIMEOUT = 5.0
 
+#: Requests that may wait behind an action in progress before reading pauses.
+MAX_WAITING_REQUESTS = 64
+
+#: Close codes a client may send (RFC 6455 section 7.4).
+_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+
 
 def new_connection_id() -> str:
     return secrets.token_hex(6)
 
 
-class Connection:
-    """A connected client and what the server knows of it."""
+def _needs_await(req: protocol.Request) -> bool:
+    return isinstance(req, (protocol.History, protocol.Publish)) or (
+        isinstance(req, protocol.Subscribe) and bool(req.since)
+    )
+
+
+class Connection(asyncio.Protocol):
+    """A connected client: the protocol of its socket after the upgrade."""
 
     __slots__ = (
+        "_close_sent",
+        "_close_timer",
+        "_inflate_reset",
+        "_inflater",
+        "_waiting",
+        "_worker",
         "close_code",
         "close_reason",
         "closing",
         "connected_at",
         "id",
         "messages_in",
+        "path",
         "peer",
+        "reader",
         "server",
         "sub",
-        "ws",
+        "transport",
     )
 
     def __init__(
-        self, server: Server, ws: web.WebSocketResponse, transport: Any, peer: str
+        self,
+        server: Server,
+        transport: asyncio.Transport,
+        peer: str,
+        deflate: handshake.Deflate | None = None,
+        path: str = "",
     ) -> None:
         self.server = server
-        self.ws = ws
+        self.transport = transport
         self.peer = peer
+        self.path = path
         self.id = new_connection_id()
         self.connected_at = time.monotonic()
         self.messages_in = 0
@@ -69,11 +124,18 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         cfg = server.config.websocket
-        # permessage-deflate at the default window: this client takes the hub's
-        # shared compressed frames (other window sizes get plain frames, which
-        # RFC 7692 allows)
-        deflate = ws.compress == 15
-        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, deflate)
+        self.reader = FrameReader(cfg.max_message_size, deflate is not None)
+        # decompression of the client's messages, made on its first compressed one
+        self._inflater: Any = None
+        self._inflate_reset = deflate is not None and deflate.client_no_context_takeover
+        self._waiting: deque[protocol.Request] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_sent = False
+        # permessage-deflate at the full window: this client takes the hub's
+        # shared compressed frames
+        shared = deflate is not None and deflate.shared
+        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, shared)
         self.sub.last_seen = server.loop.time()
 
     # -- sending -------------------------------------------------------------
@@ -87,71 +149,195 @@ class Connection:
         self.server.stats.count_error(error.code)
         self.send_json(protocol.encode_error(error))
 
-    # -- reading -------------------------------------------------------------
+    # -- the socket's protocol ---------------------------------------------------
 
-    async def run(self) -> None:
-        ws = self.ws
-        loop = self.server.loop
-        sub = self.sub
-        while True:
-            msg = await ws.receive()
-            sub.last_seen = loop.time()
-            kind = msg.type
-            if kind is WSMsgType.TEXT:
-                self.messages_in += 1
-                self.server.stats.messages_in += 1
-                await self.handle_text(msg.data)
-            elif kind is WSMsgType.PING:
-                # aiohttp hands ping payloads over as bytearray; the core frames bytes
-                if self.server.core.send(sub, encode_frame(bytes(msg.data), OP_PONG)):
-                    self.server.hub.flush_soon()
-            elif kind is WSMsgType.PONG:
-                continue
-            elif kind is WSMsgType.BINARY:
-                self.messages_in += 1
-                self.send_error(
-                    InvalidMessage("binary frames are not accepted; send JSON in text frames")
-                )
-            elif kind is WSMsgType.CLOSE:
-                self._closed_by_client(msg.data, msg.extra)
-                break
-            elif kind is WSMsgType.ERROR:
-                exc = msg.data
-                code = getattr(exc, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
-                self._note_close(int(code), f"protocol error: {exc}")
-                break
-            else:  # CLOSING, CLOSED
-                if self.close_code is None:
-                    self._note_close(ws.close_code or CloseCode.NORMAL, "connection closed")
-                break
+    def data_received(self, data: bytes) -> None:
+        self.sub.last_seen = self.server.loop.time()
+        try:
+            for opcode, payload, compressed in self.reader.feed(data):
+                if self._close_sent:
+                    # after our close frame only the client's close matters
+                    if opcode == OP_CLOSE:
+                        self.transport.close()
+                        return
+                    continue
+                self._on_message(opcode, payload, compressed)
+            error = self.reader.error
+            if error is not None and not self._close_sent:
+                self._fail(error.code, error.reason)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+        except Exception as exc:  # a bug: tell the client and keep serving the others
+            log.exception("Client %s: unexpected error", self.id)
+            self._fail(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
 
-    def _closed_by_client(self, code: Any, reason: Any) -> None:
-        self._note_close(int(code) if code is not None else 1005, f"client closed: {reason or ''}")
+    def eof_received(self) -> bool:
+        # the client closed its side (after our close frame, or without one):
+        # nothing more will come, so the transport closes
+        return False
 
-    def _note_close(self, code: int, reason: str) -> None:
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason.strip()
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        self._waiting = None
+        self._inflater = None
+        self.server.unregister(self)
+        self.server.closing_connections.discard(self)
+        log.info(
+            "Client %s disconnected from %s: code %s, %s, after %.1fs",
+            self.id,
+            self.peer,
+            self.close_code if self.close_code is not None else 1006,
+            self.close_reason or (f"connection lost: {exc}" if exc else "connection lost"),
+            time.monotonic() - self.connected_at,
+        )
 
-    async def handle_text(self, text: str) -> None:
+    # -- messages ------------------------------------------------------------
+
+    def _on_message(self, opcode: int, payload: bytes, compressed: bool) -> None:
+        if opcode == OP_TEXT:
+            self.messages_in += 1
+            self.server.stats.messages_in += 1
+            if compressed:
+                payload = self._inflate(payload)
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FrameError(
+                    CloseCode.INVALID_DATA, f"text frame is not valid UTF-8 ({exc.reason})"
+                ) from None
+            self._on_text(text)
+        elif opcode == OP_PING:
+            if self.server.core.send(self.sub, encode_frame(payload, OP_PONG)):
+                self.server.hub.flush_soon()
+        elif opcode == OP_PONG:
+            pass
+        elif opcode == OP_BINARY:
+            self.messages_in += 1
+            if compressed:
+                self._inflate(payload)  # still checked against the size limit
+            self.send_error(
+                InvalidMessage("binary frames are not accepted; send JSON in text frames")
+            )
+        elif opcode == OP_CLOSE:
+            self._on_close_frame(payload)
+
+    def _inflate(self, payload: bytes) -> bytes:
+        limit = self.reader.max_size
+        inflater = self._inflater
+        if inflater is None or self._inflate_reset:
+            inflater = self._inflater = zlib.decompressobj(-15)
+        try:
+            out: bytes = inflater.decompress(payload + b"\x00\x00\xff\xff", limit + 1)
+        except zlib.error as exc:
+            raise FrameError(
+                CloseCode.PROTOCOL_ERROR, f"compressed message does not inflate: {exc}"
+            ) from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise FrameError(
+                CloseCode.MESSAGE_TOO_BIG,
+                f"message of more than {limit} bytes once decompressed (the limit)",
+            )
+        return out
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        if not payload:
+            self._note_close(1005, "client closed")
+            self._reply_close(b"")
+            return
+        code = int.from_bytes(payload[:2], "big")
+        if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
+            raise FrameError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
+        self._note_close(code, f"client closed: {reason}")
+        self._reply_close(payload[:2])
+
+    def _on_text(self, text: str) -> None:
         try:
             req = protocol.parse_request(text)
-            if isinstance(req, protocol.Subscribe):
-                await self._subscribe(req)
-            elif isinstance(req, protocol.Unsubscribe):
-                self._unsubscribe(req)
-            elif isinstance(req, protocol.Ping):
-                self.send_json(protocol.encode_reply("pong", req.id, {}))
-            elif isinstance(req, protocol.History):
-                await self._history(req)
-            else:
-                await self._publish(req)
         except ClientError as exc:
-            self.send_error(exc)
+            if self._waiting is not None:
+                self._wait(exc)
+            else:
+                self.send_error(exc)
+            return
+        if self._waiting is not None:
+            self._wait(req)
+        elif _needs_await(req):
+            self._waiting = deque((req,))
+            self._worker = self.server.loop.create_task(self._work())
+        else:
+            try:
+                self._handle_now(req)
+            except ClientError as exc:
+                self.send_error(exc)
 
-    async def _subscribe(self, req: protocol.Subscribe) -> None:
+    def _wait(self, item: Any) -> None:
+        waiting = self._waiting
+        assert waiting is not None
+        waiting.append(item)
+        if len(waiting) == MAX_WAITING_REQUESTS:
+            self.transport.pause_reading()
+
+    async def _work(self) -> None:
+        """Answer waiting requests in arrival order; exits when none is left."""
+        waiting = self._waiting
+        try:
+            while waiting:
+                item = waiting.popleft()
+                if len(waiting) == MAX_WAITING_REQUESTS - 1 and not self.closing:
+                    self.transport.resume_reading()
+                if isinstance(item, ClientError):
+                    self.send_error(item)
+                    continue
+                try:
+                    if _needs_await(item):
+                        await self._handle_later(item)
+                    else:
+                        self._handle_now(item)
+                except ClientError as exc:
+                    self.send_error(exc)
+                if self.sub.closed:
+                    return
+        except Exception as exc:
+            log.exception("Client %s: unexpected error", self.id)
+            self._fail(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
+        finally:
+            if self._waiting is waiting:
+                self._waiting = None
+                self._worker = None
+
+    def _handle_now(self, req: protocol.Request) -> None:
+        if isinstance(req, protocol.Subscribe):
+            self._subscribe(req, {}, [])
+        elif isinstance(req, protocol.Unsubscribe):
+            self._unsubscribe(req)
+        elif isinstance(req, protocol.Ping):
+            self.send_json(protocol.encode_reply("pong", req.id, {}))
+        else:  # pragma: no cover - _needs_await routes the others
+            raise AssertionError(req)
+
+    async def _handle_later(self, req: protocol.Request) -> None:
+        if isinstance(req, protocol.Subscribe):
+            await self._subscribe_since(req)
+        elif isinstance(req, protocol.History):
+            await self._history(req)
+        elif isinstance(req, protocol.Publish):
+            await self._publish(req)
+
+    # -- actions ---------------------------------------------------------------
+
+    def _check_subscription_limit(self, req: protocol.Subscribe) -> None:
         sub = self.sub
-        core = self.server.core
         limit = self.server.config.websocket.max_subscriptions_per_client
         # Count what the connection would hold afterwards: a type is one
         # subscription, a type narrowed to keys one per key.
@@ -165,6 +351,9 @@ class Connection:
                 "per connection (a type counts one, a type narrowed to keys one per key)",
                 req.id,
             )
+
+    async def _subscribe_since(self, req: protocol.Subscribe) -> None:
+        self._check_subscription_limit(req)
         recovered: dict[str, bool] = {}
         missed: list[bytes] = []
         for t in req.types:
@@ -174,10 +363,18 @@ class Connection:
                 # a type narrowed to keys recovers only messages with those keys
                 keys = req.keys.get(t)
                 missed.extend(p.data for p in pubs if keys is None or p.key in keys)
-        if sub.closed:
+        if self.sub.closed:
             return
-        # No await from here on: the subscription must be in place before the
-        # hub next drains, so recovery and live delivery meet exactly.
+        self._subscribe(req, recovered, missed)
+
+    def _subscribe(
+        self, req: protocol.Subscribe, recovered: dict[str, bool], missed: list[bytes]
+    ) -> None:
+        # No await in here: the subscription must be in place before the hub
+        # next drains, so recovery and live delivery meet exactly.
+        self._check_subscription_limit(req)
+        sub = self.sub
+        core = self.server.core
         for t in req.types:
             core.subscribe(sub, t, req.keys.get(t))
         payload: dict[str, Any] = {"action": "subscribe", "types": sub.types()}
@@ -230,37 +427,92 @@ class Connection:
 
     # -- closing ---------------------------------------------------------------
 
+    def _note_close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason.strip()
+
     def close_soon(self, code: int, reason: str, *, drop_pending: bool = False) -> None:
-        """Close this client from outside its read loop (overflow, heartbeat,
-        shutdown). Pending frames are flushed first unless ``drop_pending``."""
+        """Close this client from outside (overflow, heartbeat, shutdown):
+        frames already queued for it first, unless ``drop_pending``, then the
+        close frame (see :meth:`_send_close`)."""
         if self.closing:
             return
-        self.closing = True
         self._note_close(code, reason)
-        if not drop_pending and not self.sub.closed:
-            self.server.hub.flush()
-        self.server.track(self._close(code, reason, drain=not drop_pending))
+        self._send_close(encode_close(code, reason), flush=not drop_pending)
 
-    async def _close(self, code: int, reason: str, drain: bool) -> None:
-        transport = self.sub.transport
-        deadline = self.server.loop.time() + CLOSE_TIMEOUT
-        try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason.encode()[:123], drain=drain),
-                CLOSE_TIMEOUT,
-            )
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if transport is None:
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7) for what the client sent."""
+        if self.closing:
             return
-        # The close frame sits behind whatever the kernel has not taken yet: a
-        # client that reads again gets its data and then the close code. One that
-        # never reads would hold that buffer for ever, so after CLOSE_TIMEOUT the
-        # socket is dropped.
-        while transport.get_write_buffer_size() and self.server.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if transport.get_write_buffer_size() or not transport.is_closing():
+        log.warning("Client %s: closing with %d: %s", self.id, code, reason)
+        self._note_close(code, reason)
+        self._send_close(encode_close(code, reason), flush=True)
+
+    def _reply_close(self, code: bytes) -> None:
+        """Answer the client's close frame, echoing its code."""
+        if not self.closing:
+            self._send_close(encode_frame(code, OP_CLOSE), flush=True)
+
+    def _send_close(self, frame: bytes, flush: bool) -> None:
+        """Write the close frame after everything queued for this client, then
+        half-close the socket (FIN once the transport has written it all).
+
+        Reading goes on, discarding all but the client's close frame, so the
+        client's last frames never meet a closed socket (which would make the
+        kernel reset the connection and lose what it still had to send). The
+        socket closes when the client closes its side or answers the close
+        frame, and is aborted after :data:`CLOSE_TIMEOUT` in any case.
+        """
+        self.closing = True
+        self._close_sent = True
+        if flush and not self.sub.closed:
+            self.server.hub.flush()
+        # the connection stops counting as open and fan-out to it stops here
+        self.server.unregister(self)
+        self.server.closing_connections.add(self)
+        if self._worker is not None:
+            self._worker.cancel()
+        transport = self.transport
+        self._close_timer = self.server.loop.call_later(CLOSE_TIMEOUT, self._abort)
+        try:
+            transport.write(frame)
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:  # pragma: no cover - TCP transports can
+                transport.close()
+        except Exception:  # the socket is already gone
             transport.abort()
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        self.transport.abort()
+
+
+def _detach(request: web.Request) -> tuple[asyncio.Transport, bytes]:
+    """Take the socket of an accepted upgrade away from aiohttp.
+
+    Returns the transport and the bytes the client sent after the request
+    head. aiohttp's request handler is told the connection is gone (so its
+    server forgets it and its task ends without writing anything), which
+    relies on aiohttp's ``RequestHandler`` keeping the bytes after an upgrade
+    request in ``_message_tail``; ``tests/server/test_upgrade.py`` pins that.
+    """
+    handler: Any = request.protocol
+    transport = request.transport
+    if transport is None or handler is None:
+        raise ConnectionResetError("the client went away during the upgrade")
+    tail = bytes(handler._message_tail)
+    handler._message_tail = b""
+    handler.transport = None
+    handler.connection_lost(None)
+    return transport, tail
+
+
+def _refuse_handshake(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -268,59 +520,48 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     from .app import SERVER
 
     server = request.app[SERVER]
+    try:
+        key = handshake.check_upgrade(request.method, request.headers)
+    except handshake.NotAnUpgrade:
+        return _refuse_handshake(
+            426,
+            ErrorCode.UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket; send an Upgrade: websocket request",
+            Upgrade="websocket",
+        )
+    except handshake.BadHandshake as exc:
+        extra = {"Sec-WebSocket-Version": handshake.VERSION} if exc.status == 426 else {}
+        return _refuse_handshake(exc.status, ErrorCode.BAD_HANDSHAKE, exc.message, **extra)
     refusal = server.admission_refusal(request)
     if refusal is not None:
         return refusal
     cfg = server.config.websocket
-    ws = web.WebSocketResponse(
-        autoping=False,
-        # aiohttp refuses a message whose size is >= max_msg_size; the contract
-        # answers a message of exactly the limit and closes with 1009 beyond it.
-        max_msg_size=cfg.max_message_size + 1,
-        compress=cfg.compression,
-        timeout=CLOSE_TIMEOUT,
+    deflate = (
+        handshake.negotiate_deflate(request.headers.getall("Sec-WebSocket-Extensions", ()))
+        if cfg.compression
+        else None
     )
-    if not ws.can_prepare(request).ok:
-        return web.json_response(
-            {
-                "error": {
-                    "code": "upgrade_required",
-                    "message": "this endpoint speaks WebSocket; send an Upgrade: websocket request",
-                }
-            },
-            status=426,
-            headers={"Upgrade": "websocket"},
-        )
-    server.pending_upgrades += 1
-    try:
-        await ws.prepare(request)
-    except Exception:
-        server.pending_upgrades -= 1
-        raise
-    server.pending_upgrades -= 1
-    peername = request.transport.get_extra_info("peername") if request.transport else None
+    transport, tail = _detach(request)
+    peername = transport.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else "unknown"
-    conn = Connection(server, ws, request.transport, peer)
+    conn = Connection(server, transport, peer, deflate, request.path)
+    transport.set_protocol(conn)
+    transport.write(handshake.response_head(key, deflate))
     server.register(conn)
     log.info("Client %s connected from %s (%s)", conn.id, peer, request.path)
-    try:
-        await conn.run()
-    except asyncio.CancelledError:
-        conn._note_close(CloseCode.GOING_AWAY, "server shutting down")
-        raise
-    except Exception as exc:  # a bug: tell the client and keep serving the others
-        log.exception("Client %s: unexpected error", conn.id)
-        conn._note_close(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
-        if not ws.closed:
-            await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"internal error")
-    finally:
-        server.unregister(conn)
-        log.info(
-            "Client %s disconnected from %s: code %s, %s, after %.1fs",
-            conn.id,
-            peer,
-            conn.close_code if conn.close_code is not None else ws.close_code,
-            conn.close_reason or "connection lost",
-            time.monotonic() - conn.connected_at,
-        )
-    return ws
+    if not transport.is_reading():
+        transport.resume_reading()
+    if tail:
+        conn.data_received(tail)
+    return _Detached()
+
+
+class _Detached(web.StreamResponse):
+    """What the handler returns once the socket is the Connection's: aiohttp
+    has nothing left to write."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None

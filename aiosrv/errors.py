@@ -14,7 +14,9 @@ Exception tree::
     │   ├── Unauthorized            code unauthorized (HTTP 401)
     │   ├── QueueFull               code queue_full (HTTP 503)
     │   └── BrokerUnavailable       code broker_unavailable (HTTP 503)
-    └── BrokerError                 the broker failed (raised by broker engines)
+    ├── BrokerError                 the broker failed (raised by broker engines)
+    └── FrameError                  a client broke RFC 6455 framing; closes it with
+                                    its ``code`` (1002, 1007 or 1009)
 
 A :class:`ClientError` becomes the contract's error frame on a WebSocket
 (``{"type": "error", "payload": {"code", "message"}}``) and the body
@@ -60,6 +62,8 @@ class ErrorCode:
     QUEUE_FULL = "queue_full"
     BROKER_UNAVAILABLE = "broker_unavailable"
     NOT_FOUND = "not_found"
+    BAD_HANDSHAKE = "bad_handshake"
+    UPGRADE_REQUIRED = "upgrade_required"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -122,6 +126,25 @@ class BrokerUnavailable(ClientError):
 
 class BrokerError(AiosrvError):
     """The broker engine failed (connection lost, command refused)."""
+
+
+class FrameError(AiosrvError):
+    """A client's frames broke RFC 6455 (or the size limit): the connection is
+    closed with :attr:`code` and :attr:`reason` in the close frame."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FrameError) and (self.code, self.reason) == (
+            other.code,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.reason))
 
 
 #: Type names no one may publish or subscribe to: ``error`` frames are the

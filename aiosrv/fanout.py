@@ -38,6 +38,8 @@ else:
 
 FanOut = _impl.FanOut
 Subscriber = _impl.Subscriber
+FrameReader = _impl.FrameReader
+unmask = _impl.unmask
 encode_frame = _impl.encode_frame
 encode_close = _impl.encode_close
 OP_TEXT = _fanout_py.OP_TEXT
@@ -54,7 +56,9 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "FanOut",
+    "FrameReader",
     "Subscriber",
     "encode_close",
     "encode_frame",
+    "unmask",
 ]

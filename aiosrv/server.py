@@ -105,7 +105,9 @@ class Server:
         self.hub = Hub(self.core, self.broker, hub_settings(config))
         self.hub.on_overflow = self._close_overflowed  # type: ignore[method-assign]
         self.connections: dict[str, Connection] = {}
-        self.pending_upgrades = 0
+        #: connections whose close has begun: their socket lingers until the
+        #: client answers the close frame or CLOSE_TIMEOUT passes
+        self.closing_connections: set[Connection] = set()
         self.stats = Counters()
         self.sampler = Sampler()
         self.draining = False
@@ -163,12 +165,18 @@ class Server:
         self.hub.drain_now(deadline)
         for conn in list(self.connections.values()):
             conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
-        while (self.connections or self._tasks) and self.loop.time() < deadline:
+        # wait for the close frames to be written (not for the clients' answers)
+        while (
+            self.connections
+            or self._tasks
+            or any(c.transport.get_write_buffer_size() for c in self.closing_connections)
+        ) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for conn in list(self.connections.values()):
-            transport = conn.sub.transport
-            if transport is not None:
-                transport.abort()
+        for conn in [*self.connections.values(), *self.closing_connections]:
+            if conn.transport.get_write_buffer_size():
+                conn.transport.abort()  # the grace period is over
+            else:
+                conn.transport.close()
         await self.stop()
 
     async def stop(self) -> None:
@@ -193,7 +201,7 @@ class Server:
                 503, "draining", "the server is shutting down; connect to another instance"
             )
         limit = self.config.websocket.max_connections
-        if len(self.connections) + self.pending_upgrades >= limit:
+        if len(self.connections) >= limit:
             self.stats.rejected["max_connections"] += 1
             log.warning("performance: connection refused, at the limit of %d connections", limit)
             return _refuse(
@@ -207,7 +215,10 @@ class Server:
         self.stats.connections_total += 1
 
     def unregister(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
+        """The connection is no longer open (its close began, or its socket
+        went); idempotent."""
+        if self.connections.pop(conn.id, None) is None:
+            return
         self.core.remove(conn.sub)
         if conn.close_code is not None:
             self.stats.closes[conn.close_code] += 1

@@ -304,7 +304,7 @@ async def test_ws_stats(
     assert body["max_connections"] == 50
     assert body["subscriptions"] == 1
     assert body["subscriptions_by_type"] == {"t": 1}
-    assert body["pending_upgrades"] == 0
+    assert body["closing"] == 0
     assert body["draining"] is False
 
 
