@@ -14,8 +14,19 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_SIZE
 from cpython.ref cimport PyObject
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.math cimport ceil, floor
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strerror
+
+cdef extern from "errno.h":
+    int EWOULDBLOCK
+
+cdef extern from "sys/uio.h" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
 from aiosrv.errors import FrameError
 
@@ -34,6 +45,15 @@ cdef enum:
 STATE_OPEN = _OPEN
 STATE_OVERFLOWED = _OVERFLOWED
 STATE_CLOSED = _CLOSED
+
+HEARTBEAT_INTERVAL = 30.0
+HEARTBEAT_TIMEOUT = 60.0
+cdef double _MIN_TICK = 0.005
+cdef double _MAX_TICK = 1.0
+cdef Py_ssize_t _MAX_SLOTS = 4096
+MIN_TICK = _MIN_TICK
+MAX_TICK = _MAX_TICK
+MAX_SLOTS = _MAX_SLOTS
 
 
 cpdef bytes encode_frame(bytes payload, int opcode=0x1, bint rsv1=False):
@@ -92,6 +112,7 @@ cdef class Subscriber:
     cdef public object owner
     cdef public double last_seen
     cdef public bint deflate
+    cdef public int fd
     cdef bint _deflate_counted
     cdef list _pending
     cdef Py_ssize_t _pending_bytes
@@ -99,9 +120,13 @@ cdef class Subscriber:
     cdef bint _dirty
     cdef int _state
     cdef dict _filters
+    cdef double _next_ping
+    cdef Py_ssize_t _wheel_slot
 
-    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False):
+    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False,
+                 int fd=-1):
         self.conn_id = conn_id
+        self.fd = fd
         self.deflate = deflate
         self._deflate_counted = False
         self.transport = transport
@@ -114,6 +139,8 @@ cdef class Subscriber:
         self._dirty = False
         self._state = _OPEN
         self._filters = {}
+        self._next_ping = 0.0
+        self._wheel_slot = -1
 
     @property
     def state(self):
@@ -176,6 +203,12 @@ cdef class FanOut:
     cdef public unsigned long long writes
     cdef public unsigned long long overflows
     cdef public unsigned long long dropped_bytes
+    cdef public unsigned long long pings
+    cdef list _wheel
+    cdef long long _wheel_pos
+    cdef double _hb_interval
+    cdef double _hb_timeout
+    cdef double _tick
 
     def __init__(self):
         self._all = {}
@@ -189,6 +222,10 @@ cdef class FanOut:
         self.writes = 0
         self.overflows = 0
         self.dropped_bytes = 0
+        self.pings = 0
+        self._wheel = []
+        self._wheel_pos = -1
+        self.configure_heartbeat(HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, 0.0)
 
     # -- registry ------------------------------------------------------------
 
@@ -198,6 +235,8 @@ cdef class FanOut:
             if sub.deflate:
                 sub._deflate_counted = True
                 self.deflate_count += 1
+            sub._next_ping = sub.last_seen + self._hb_interval
+            self._schedule(sub)
 
     def remove(self, Subscriber sub not None):
         cdef Py_ssize_t count = sub._subscription_count()
@@ -208,6 +247,7 @@ cdef class FanOut:
         sub._pending_bytes = 0
         if sub._state == _OPEN:
             sub._state = _CLOSED
+        self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
             if sub._deflate_counted:
@@ -358,13 +398,19 @@ cdef class FanOut:
     cdef _write(self, Subscriber sub):
         cdef list pending = sub._pending
         cdef Py_ssize_t count = PyList_GET_SIZE(pending)
+        transport = sub.transport
         if count:
-            data = pending[0] if count == 1 else b"".join(pending)
             sub._pending = []
             sub._pending_bytes = 0
             try:
-                sub.transport.write(data)
-                sub._transport_buffered = sub.transport.get_write_buffer_size()
+                if (sub.fd >= 0 and not transport.get_write_buffer_size()
+                        and not transport.is_closing()):
+                    rest = _writev_frames(sub.fd, pending)
+                    if PyBytes_GET_SIZE(rest):
+                        transport.write(rest)
+                else:
+                    transport.write(pending[0] if count == 1 else b"".join(pending))
+                sub._transport_buffered = transport.get_write_buffer_size()
             except Exception:
                 sub._state = _CLOSED
                 self._to_close.append(sub)
@@ -372,7 +418,7 @@ cdef class FanOut:
             self.writes += 1
         else:
             try:
-                sub._transport_buffered = sub.transport.get_write_buffer_size()
+                sub._transport_buffered = transport.get_write_buffer_size()
             except Exception:
                 sub._state = _CLOSED
                 self._to_close.append(sub)
@@ -397,14 +443,92 @@ cdef class FanOut:
         self._to_close = []
         return out
 
-    def expired(self, double deadline):
+    # -- heartbeat -------------------------------------------------------------
+
+    @property
+    def heartbeat_tick(self):
+        return self._tick
+
+    def configure_heartbeat(self, double interval, double timeout, double now):
         cdef Subscriber sub
-        out = []
+        cdef Py_ssize_t slots
+        cdef double latest
+        if not (interval > 0 and timeout > 0):
+            raise ValueError("heartbeat interval and timeout must be > 0")
+        self._hb_interval = interval
+        self._hb_timeout = timeout
+        self._tick = min(max(min(interval, timeout) / 8, _MIN_TICK), _MAX_TICK)
+        slots = min(<Py_ssize_t>ceil(max(interval, timeout) / self._tick) + 1, _MAX_SLOTS)
+        self._wheel = [{} for _ in range(slots)]
+        self._wheel_pos = -1
+        latest = now + interval
         for obj in self._all:
             sub = <Subscriber>obj
-            if sub._state == _OPEN and sub.last_seen < deadline:
-                out.append(sub)
+            sub._wheel_slot = -1
+            if sub._state == _OPEN:
+                if sub._next_ping > latest:
+                    sub._next_ping = latest
+                self._schedule(sub)
+
+    def heartbeat(self, double now, bytes ping not None):
+        cdef long long target = <long long>floor(now / self._tick)
+        cdef Py_ssize_t slots = PyList_GET_SIZE(self._wheel)
+        cdef long long first, t
+        cdef Py_ssize_t i
+        cdef dict bucket
+        cdef Subscriber sub
+        cdef list out = []
+        cdef double interval = self._hb_interval
+        cdef double timeout = self._hb_timeout
+        if self._wheel_pos < 0 or target - self._wheel_pos >= slots:
+            first = target - slots + 1
+        else:
+            first = self._wheel_pos + 1
+        if target > self._wheel_pos:
+            self._wheel_pos = target
+        t = first
+        while t <= target:
+            i = <Py_ssize_t>(t % slots)
+            if i < 0:
+                i += slots
+            t += 1
+            bucket = <dict>self._wheel[i]
+            if not bucket:
+                continue
+            self._wheel[i] = {}
+            for obj in bucket:
+                sub = <Subscriber>obj
+                sub._wheel_slot = -1
+                if sub._state != _OPEN:
+                    continue
+                if now - sub.last_seen >= timeout:
+                    out.append(sub)
+                    continue
+                if now >= sub._next_ping:
+                    self.pings += self._append(sub, ping)
+                    sub._next_ping = now + interval
+                    if sub._state != _OPEN:
+                        continue
+                self._schedule(sub)
         return out
+
+    cdef _schedule(self, Subscriber sub):
+        cdef double due = min(sub._next_ping, sub.last_seen + self._hb_timeout)
+        cdef long long t = <long long>floor(due / self._tick)
+        cdef Py_ssize_t slots = PyList_GET_SIZE(self._wheel)
+        cdef Py_ssize_t i
+        if t <= self._wheel_pos:
+            t = self._wheel_pos + 1
+        i = <Py_ssize_t>(t % slots)
+        if i < 0:
+            i += slots
+        (<dict>self._wheel[i])[sub] = None
+        sub._wheel_slot = i
+
+    cdef _unschedule(self, Subscriber sub):
+        if sub._wheel_slot >= 0:
+            (<dict>self._wheel[sub._wheel_slot]).pop(sub, None)
+            sub._wheel_slot = -1
 
     # -- introspection ---------------------------------------------------------
 
@@ -447,6 +571,57 @@ cdef class FanOut:
             s = <Subscriber>sub
             n += s._pending_bytes + s._transport_buffered
         return n
+
+
+# -- writing to the socket -----------------------------------------------------
+
+cdef enum:
+    _IOV_MAX = 1024
+
+IOV_MAX = _IOV_MAX
+
+
+cdef bytes _writev_frames(int fd, list frames):
+    cdef iovec iov[_IOV_MAX]
+    cdef Py_ssize_t n = PyList_GET_SIZE(frames), i = 0, k, cnt, total
+    cdef ssize_t sent
+    cdef bytes f
+    while i < n:
+        cnt = n - i if n - i < _IOV_MAX else _IOV_MAX
+        total = 0
+        for k in range(cnt):
+            f = <bytes>frames[i + k]
+            iov[k].iov_base = PyBytes_AS_STRING(f)
+            iov[k].iov_len = <size_t>PyBytes_GET_SIZE(f)
+            total += PyBytes_GET_SIZE(f)
+        while True:
+            sent = writev(fd, iov, <int>cnt)
+            if sent < 0 and errno == EINTR:
+                continue
+            break
+        if sent < 0:
+            if errno == EAGAIN or errno == EWOULDBLOCK:
+                sent = 0
+            else:
+                raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+        if sent == total:
+            i += cnt
+            continue
+        while sent >= PyBytes_GET_SIZE(<bytes>frames[i]):
+            sent -= PyBytes_GET_SIZE(<bytes>frames[i])
+            i += 1
+        return (<bytes>frames[i])[sent:] + b"".join(frames[i + 1:])
+    return b""
+
+
+def writev_frames(int fd, list frames not None):
+    """Write ``frames`` to the non-blocking socket ``fd`` with ``writev``
+    until all are sent or the kernel's buffer is full; return what was not
+    sent (see the twin in ``aiosrv/_fanout_py.py``)."""
+    for f in frames:
+        if type(f) is not bytes:
+            raise TypeError("frames must be bytes")
+    return _writev_frames(fd, frames)
 
 
 # -- reading client frames -----------------------------------------------------

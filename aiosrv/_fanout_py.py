@@ -28,6 +28,15 @@ dropped, and it is reported by :meth:`FanOut.take_to_close` so the caller can
 close it with 1013. A single frame larger than the limit is still delivered
 when nothing else is buffered, so a big message never closes a fast client.
 
+Heartbeats run on one timing wheel for every connection
+(:meth:`FanOut.heartbeat`): each open subscriber sits in exactly one bucket,
+the one of its next event (its next ping, or the moment it times out if that
+comes first). A tick visits only the buckets that came due, so its cost is the
+number of connections with something to do, not the number connected; reading
+a client's traffic is one float store (``last_seen``), never a move between
+buckets: a subscriber whose bucket comes due early (it talked since) is put
+back in the bucket of its new deadline.
+
 Both implementations keep subscribers in insertion-ordered dicts, so they visit
 receivers in the same order and produce the same bytes; ``tests/core`` checks
 that on random subscription tables.
@@ -35,12 +44,15 @@ that on random subscription tables.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .errors import FrameError
 
 __all__ = [
+    "IOV_MAX",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -55,6 +67,8 @@ __all__ = [
     "Subscriber",
     "encode_close",
     "encode_frame",
+    "unmask",
+    "writev_frames",
 ]
 
 OP_CONT = 0x0
@@ -67,6 +81,14 @@ OP_PONG = 0xA
 STATE_OPEN = 0
 STATE_OVERFLOWED = 1
 STATE_CLOSED = 2
+
+#: Heartbeat defaults (the config's ``websocket.heartbeat_*`` defaults) and the
+#: wheel's bounds: its tick in seconds, and its number of buckets.
+HEARTBEAT_INTERVAL = 30.0
+HEARTBEAT_TIMEOUT = 60.0
+MIN_TICK = 0.005
+MAX_TICK = 1.0
+MAX_SLOTS = 4096
 
 
 class Transport(Protocol):
@@ -109,12 +131,15 @@ class Subscriber:
         "_deflate_counted",
         "_dirty",
         "_filters",
+        "_next_ping",
         "_pending",
         "_pending_bytes",
         "_state",
         "_transport_buffered",
+        "_wheel_slot",
         "conn_id",
         "deflate",
+        "fd",
         "last_seen",
         "limit",
         "owner",
@@ -122,9 +147,18 @@ class Subscriber:
     )
 
     def __init__(
-        self, conn_id: str, transport: Any, limit: int, owner: Any = None, deflate: bool = False
+        self,
+        conn_id: str,
+        transport: Any,
+        limit: int,
+        owner: Any = None,
+        deflate: bool = False,
+        fd: int = -1,
     ) -> None:
         self.conn_id = conn_id
+        # the socket's file descriptor, written to directly while the
+        # transport holds nothing; -1: always through the transport
+        self.fd = fd
         # negotiated permessage-deflate: receives the shared compressed frame.
         # Settable; set it before add() so FanOut.deflate_count includes it.
         self.deflate = deflate
@@ -140,6 +174,9 @@ class Subscriber:
         self._state = STATE_OPEN
         # type -> None (every message of the type) or the tuple of wanted keys
         self._filters: dict[str, tuple[str, ...] | None] = {}
+        # heartbeat: when the next ping is due, and the wheel bucket it is in
+        self._next_ping = 0.0
+        self._wheel_slot = -1
 
     @property
     def state(self) -> int:
@@ -195,11 +232,17 @@ class FanOut:
         "_by_key",
         "_by_type",
         "_dirty",
+        "_hb_interval",
+        "_hb_timeout",
+        "_tick",
         "_to_close",
+        "_wheel",
+        "_wheel_pos",
         "deflate_count",
         "delivered",
         "dropped_bytes",
         "overflows",
+        "pings",
         "published",
         "writes",
     )
@@ -218,15 +261,24 @@ class FanOut:
         self.writes = 0  # transport writes
         self.overflows = 0  # subscribers closed for passing their limit
         self.dropped_bytes = 0  # pending bytes discarded with them
+        self.pings = 0  # heartbeat pings queued
+        self._wheel: list[dict[Subscriber, None]] = []
+        self._wheel_pos = -1  # the last tick visited; -1: none yet
+        self._hb_interval = self._hb_timeout = self._tick = 0.0
+        self.configure_heartbeat(HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, 0.0)
 
     # -- registry ------------------------------------------------------------
 
     def add(self, sub: Subscriber) -> None:
+        """Register a subscriber; its first ping is due ``heartbeat_interval``
+        after its ``last_seen`` (set that first)."""
         if sub not in self._all:
             self._all[sub] = None
             if sub.deflate:
                 sub._deflate_counted = True
                 self.deflate_count += 1
+            sub._next_ping = sub.last_seen + self._hb_interval
+            self._schedule(sub)
 
     def remove(self, sub: Subscriber) -> int:
         """Forget a subscriber: its subscriptions, pending frames and registration.
@@ -241,6 +293,7 @@ class FanOut:
         sub._pending_bytes = 0
         if sub._state == STATE_OPEN:
             sub._state = STATE_CLOSED
+        self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
             if sub._deflate_counted:
@@ -373,13 +426,25 @@ class FanOut:
 
     def _write(self, sub: Subscriber) -> None:
         pending = sub._pending
+        transport = sub.transport
         if pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
+            sub._pending = []
             sub._pending_bytes = 0
             try:
-                sub.transport.write(data)
-                sub._transport_buffered = sub.transport.get_write_buffer_size()
+                if (
+                    sub.fd >= 0
+                    and not transport.get_write_buffer_size()
+                    and not transport.is_closing()
+                ):
+                    # The transport holds nothing, so the socket may be written
+                    # directly (the frames as they are, no join); only what the
+                    # kernel does not take goes to the transport's buffer.
+                    rest = writev_frames(sub.fd, pending)
+                    if rest:
+                        transport.write(rest)
+                else:
+                    transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                sub._transport_buffered = transport.get_write_buffer_size()
             except Exception:
                 # The transport is gone; the connection's reader will notice too.
                 sub._state = STATE_CLOSED
@@ -388,7 +453,7 @@ class FanOut:
             self.writes += 1
         else:
             try:
-                sub._transport_buffered = sub.transport.get_write_buffer_size()
+                sub._transport_buffered = transport.get_write_buffer_size()
             except Exception:
                 # Same as a failed write: one broken transport must not abort
                 # the fan-out to the receivers after it.
@@ -416,9 +481,88 @@ class FanOut:
         self._to_close = []
         return out
 
-    def expired(self, deadline: float) -> list[Subscriber]:
-        """Open subscribers whose ``last_seen`` is before ``deadline``."""
-        return [s for s in self._all if s._state == STATE_OPEN and s.last_seen < deadline]
+    # -- heartbeat -------------------------------------------------------------
+
+    @property
+    def heartbeat_tick(self) -> float:
+        """Seconds between calls of :meth:`heartbeat`: the wheel's resolution."""
+        return self._tick
+
+    def configure_heartbeat(self, interval: float, timeout: float, now: float) -> None:
+        """Set the ping interval and the silence timeout (seconds) and rebuild
+        the wheel; pings due later than ``now + interval`` are brought forward.
+
+        The wheel has a bucket per tick (an eighth of the shorter of the two,
+        between 5 ms and 1 s) for as many ticks as the longer one lasts, so a
+        subscriber normally comes due exactly once per event; a timeout fires
+        at most one tick late.
+        """
+        if not (interval > 0 and timeout > 0):
+            raise ValueError("heartbeat interval and timeout must be > 0")
+        self._hb_interval = interval
+        self._hb_timeout = timeout
+        self._tick = min(max(min(interval, timeout) / 8, MIN_TICK), MAX_TICK)
+        slots = min(math.ceil(max(interval, timeout) / self._tick) + 1, MAX_SLOTS)
+        self._wheel = [{} for _ in range(slots)]
+        self._wheel_pos = -1
+        latest = now + interval
+        for sub in self._all:
+            sub._wheel_slot = -1
+            if sub._state == STATE_OPEN:
+                if sub._next_ping > latest:
+                    sub._next_ping = latest
+                self._schedule(sub)
+
+    def heartbeat(self, now: float, ping: bytes) -> list[Subscriber]:
+        """Advance the wheel to ``now``: queue ``ping`` to each subscriber
+        whose ping is due (flush afterwards) and return, once each, the open
+        subscribers silent for ``timeout`` (``last_seen`` that long ago); they
+        leave the wheel, and the caller closes them."""
+        target = math.floor(now / self._tick)
+        slots = len(self._wheel)
+        if self._wheel_pos < 0 or target - self._wheel_pos >= slots:
+            first = target - slots + 1
+        else:
+            first = self._wheel_pos + 1
+        self._wheel_pos = target if target > self._wheel_pos else self._wheel_pos
+        out: list[Subscriber] = []
+        interval = self._hb_interval
+        timeout = self._hb_timeout
+        for t in range(first, target + 1):
+            i = t % slots
+            bucket = self._wheel[i]
+            if not bucket:
+                continue
+            self._wheel[i] = {}
+            for sub in bucket:
+                sub._wheel_slot = -1
+                if sub._state != STATE_OPEN:
+                    continue
+                if now - sub.last_seen >= timeout:
+                    out.append(sub)
+                    continue
+                if now >= sub._next_ping:
+                    self.pings += self._append(sub, ping)
+                    sub._next_ping = now + interval
+                    if sub._state != STATE_OPEN:
+                        continue
+                self._schedule(sub)
+        return out
+
+    def _schedule(self, sub: Subscriber) -> None:
+        """Put an open subscriber in the bucket of its next event."""
+        due = min(sub._next_ping, sub.last_seen + self._hb_timeout)
+        t = math.floor(due / self._tick)
+        if t <= self._wheel_pos:
+            t = self._wheel_pos + 1
+        i = t % len(self._wheel)
+        self._wheel[i][sub] = None
+        sub._wheel_slot = i
+
+    def _unschedule(self, sub: Subscriber) -> None:
+        if sub._wheel_slot >= 0:
+            self._wheel[sub._wheel_slot].pop(sub, None)
+            sub._wheel_slot = -1
 
     # -- introspection ---------------------------------------------------------
 
@@ -452,6 +596,36 @@ class FanOut:
     def buffered_bytes_total(self) -> int:
         """Pending plus transport-buffered bytes, over every subscriber."""
         return sum(s._pending_bytes + s._transport_buffered for s in self._all)
+
+
+# -- writing to the socket -----------------------------------------------------
+
+#: Frames per ``writev`` system call (Linux's IOV_MAX).
+IOV_MAX = 1024
+
+
+def writev_frames(fd: int, frames: list[bytes]) -> bytes:
+    """Write ``frames`` to the non-blocking socket ``fd`` with ``writev`` until
+    all are sent or the kernel's buffer is full; return what was not sent.
+
+    Errors other than a full buffer (a reset or closed peer) are raised.
+    """
+    i = 0
+    n = len(frames)
+    while i < n:
+        chunk = frames[i : i + IOV_MAX]
+        try:
+            sent = os.writev(fd, chunk)
+        except BlockingIOError:
+            sent = 0
+        if sent == sum(map(len, chunk)):
+            i += len(chunk)
+            continue
+        while sent >= len(frames[i]):
+            sent -= len(frames[i])
+            i += 1
+        return frames[i][sent:] + b"".join(frames[i + 1 :])
+    return b""
 
 
 # -- reading client frames -----------------------------------------------------

@@ -1,10 +1,14 @@
 """One shared heartbeat timer for every connection.
 
 A timer per connection costs a handle and a callback each; here one timer
-ticks a few times per interval: every ``heartbeat_interval`` it queues one
-pre-built ping frame to all connections through the core, and on every tick it
-asks the core which connections have been silent (no frame of any kind, pongs
-included) for ``heartbeat_timeout`` and closes them with 4000.
+ticks at the resolution of the core's timing wheel (``FanOut.heartbeat``: an
+eighth of the shorter of ``heartbeat_interval`` and ``heartbeat_timeout``,
+between 5 ms and 1 s). A tick touches only the connections whose bucket came
+due: each gets its pre-built ping frame every ``heartbeat_interval`` after it
+connected (so pings are spread over time as connections were, not one burst
+to everyone), and those silent (no frame of any kind, pongs included) for
+``heartbeat_timeout`` are closed with 4000. An idle tick costs a few list
+look-ups, whatever the number of connections.
 """
 
 from __future__ import annotations
@@ -27,54 +31,55 @@ PING_FRAME = encode_frame(b"", OP_PING)
 class Heartbeat:
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self.pings_sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pings_sent(self) -> int:
+        return int(self.server.core.pings)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="aiosrv-heartbeat")
+        self.configure()
+        self._arm()
+
+    def configure(self) -> None:
+        """Give the core's wheel the configured interval and timeout (at start
+        and after a reload); pings due later than one new interval from now are
+        brought forward."""
+        cfg = self.server.config.websocket
+        self.server.core.configure_heartbeat(
+            cfg.heartbeat_interval, cfg.heartbeat_timeout, self.server.loop.time()
+        )
 
     def reschedule(self) -> None:
         """Re-read the interval and timeout now (after a reload)."""
-        self._wake.set()
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        self.configure()
+        self._arm()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def tick_period(self) -> float:
-        cfg = self.server.config.websocket
-        return max(0.01, min(cfg.heartbeat_interval, cfg.heartbeat_timeout) / 4)
+    def _arm(self) -> None:
+        self._timer = self.server.loop.call_later(self.server.core.heartbeat_tick, self._tick)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + self.server.config.websocket.heartbeat_interval
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.tick_period())
-            except asyncio.TimeoutError:
-                pass
-            if self._wake.is_set():
-                self._wake.clear()
-                next_ping = min(
-                    next_ping, loop.time() + self.server.config.websocket.heartbeat_interval
-                )
-            try:
-                next_ping = self.tick(loop.time(), next_ping)
-            except Exception:  # never let one bad tick stop the heartbeat
-                log.exception("heartbeat tick failed")
+    def _tick(self) -> None:
+        try:
+            self.tick(self.server.loop.time())
+        except Exception:  # never let one bad tick stop the heartbeat
+            log.exception("heartbeat tick failed")
+        self._arm()
 
-    def tick(self, now: float, next_ping: float) -> float:
+    def tick(self, now: float) -> None:
         server = self.server
-        cfg = server.config.websocket
         if server.draining:
-            return next_ping
-        for sub in server.core.expired(now - cfg.heartbeat_timeout):
+            return
+        core = server.core
+        pings = core.pings
+        for sub in core.heartbeat(now, PING_FRAME):
             conn = sub.owner
             if conn is not None and not conn.closing:
                 server.stats.heartbeat_timeouts += 1
@@ -84,8 +89,5 @@ class Heartbeat:
                     now - sub.last_seen,
                 )
                 conn.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-        if now >= next_ping:
-            self.pings_sent += server.core.send_all(PING_FRAME)
+        if core.pings != pings:
             server.hub.flush()
-            next_ping = now + cfg.heartbeat_interval
-        return next_ping

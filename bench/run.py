@@ -95,6 +95,9 @@ SERVERS = {
                [str(VENV_PY), str(BENCH / "peers" / "websockets_broadcast.py"), "--port", "{port}"]),
         Server("picows", "picows",
                [str(VENV_PY), str(BENCH / "peers" / "picows_server.py"), "--port", "{port}"]),
+        Server("uws-socketify", "uWebSockets (C++) via socketify.py",
+               [str(VENV_PY), str(BENCH / "peers" / "socketify_server.py"), "--port", "{port}"],
+               probe=[str(VENV_PY), "-c", "import socketify"]),
         Server("node-ws", "Node ws",
                ["node", str(BENCH / "peers" / "node_ws" / "server.js"), "--port", "{port}"],
                needs=str(BENCH / "peers" / "node_ws" / "node_modules" / "ws")),
@@ -105,7 +108,8 @@ SERVERS = {
     ]
 }
 # node-uws is opt-in (bench/setup.sh --with-uws; see bench/README.md)
-DEFAULT_SERVERS = ["aiosrv", "aiosrv-http", "aiosrv-pure", "aiohttp-naive", "websockets", "picows", "node-ws"]
+DEFAULT_SERVERS = ["aiosrv", "aiosrv-http", "aiosrv-pure", "aiohttp-naive", "websockets", "picows",
+                   "node-ws", "uws-socketify"]
 
 
 @dataclass
@@ -513,7 +517,7 @@ def machine() -> dict[str, Any]:
         mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.0f} GiB"
     pkgs = sh([str(VENV_PY), "-c", (
         "import importlib.metadata as m\n"
-        "for p in ('aiohttp','uvloop','orjson','websockets','picows'):\n"
+        "for p in ('aiohttp','uvloop','orjson','websockets','picows','socketify'):\n"
         "    try: print(p, m.version(p))\n"
         "    except Exception: print(p, '-')\n")])
     ws_pkg = BENCH / "peers" / "node_ws" / "node_modules" / "ws" / "package.json"
@@ -576,11 +580,21 @@ def markdown(report: dict[str, Any]) -> str:
                  for c in ceil.get("ceiling", [])]
         lines.append("Load client's ceiling, parsing from memory: " + "; ".join(parts) + ".")
         sc = ceil.get("socket_ceiling", [])
-        if sc:
-            lines.append("Through loopback TCP from an ideal C sender on CPU 0 (the most any server could get "
-                         "delivered here): " + "; ".join(
+        batched = [c for c in sc if c.get("sender_writes") != "one frame"]
+        single = [c for c in sc if c.get("sender_writes") == "one frame"]
+        if batched:
+            lines.append("Through loopback TCP from an ideal C sender on CPU 0 writing 64 KiB at a time "
+                         "(the most any server could get delivered here): " + "; ".join(
                              f"{c['connections']:,} conns × {c['payload_bytes']} B: "
-                             f"{fmt_rate(c['frames_per_second'])} frames/s" for c in sc) + ".")
+                             f"{fmt_rate(c['frames_per_second'])} frames/s" for c in batched) + ".")
+        if single:
+            lines.append("The same sender writing one frame per system call, round-robin over the "
+                         "connections (the floor of a pass that writes every subscriber once: "
+                         "connections ÷ this rate): " + "; ".join(
+                             f"{c['connections']:,} conns × {c['payload_bytes']} B: "
+                             f"{fmt_rate(c['frames_per_second'])} frames/s, a pass "
+                             f"{c['connections'] / c['frames_per_second'] * 1000:.1f} ms"
+                             for c in single) + ".")
         lines.append("")
     servers = report["servers"]
 

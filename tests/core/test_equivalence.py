@@ -46,6 +46,8 @@ key_or_none = st.one_of(st.none(), st.sampled_from(KEYS), st.just("unused"))
 keys_filter = st.one_of(st.none(), st.lists(st.sampled_from(KEYS), max_size=4))
 limit = st.sampled_from([1, 40, 40, 100, 100, 150, 300, 1000, 70000, 1 << 20])
 buffer_size = st.sampled_from([0, 0, 10, 50, 100, 200, 1000])
+# heartbeat settings: ticks of 5 ms to 1 s, wheels of a few to a few hundred buckets
+intervals = st.sampled_from([0.04, 0.5, 1.0, 3.0, 7.5, 30.0, 60.0])
 
 operation = weighted(
     (8, st.tuples(st.just("publish"), type_name, key_or_none, payload_size)),
@@ -62,7 +64,8 @@ operation = weighted(
     (1, st.tuples(st.just("take"))),
     (1, st.tuples(st.just("seen"), sub_index, st.integers(0, 10))),
     (1, st.tuples(st.just("deflate"), sub_index, st.booleans())),
-    (1, st.tuples(st.just("expired"), st.integers(0, 11))),
+    (2, st.tuples(st.just("heartbeat"), st.integers(0, 200), small_size)),
+    (1, st.tuples(st.just("configure_heartbeat"), intervals, intervals, st.integers(0, 200))),
 )
 operations = st.lists(operation, min_size=10, max_size=80)
 
@@ -127,8 +130,13 @@ class World:
             return fan.flush()
         if kind == "take":
             return [s.conn_id for s in fan.take_to_close()]
-        if kind == "expired":
-            return [s.conn_id for s in fan.expired(float(op[1]))]
+        if kind == "heartbeat":
+            # times in tenths of a second, so buckets come due in any order
+            frame = self.impl.encode_frame(bytes([counter % 256]) * op[2], self.impl.OP_PING)
+            return (frame, [s.conn_id for s in fan.heartbeat(op[1] / 10, frame)])
+        if kind == "configure_heartbeat":
+            fan.configure_heartbeat(op[1], op[2], op[3] / 10)
+            return fan.heartbeat_tick
         s = self.sub(op[1])
         if s is None:
             return "no subscriber"
@@ -155,7 +163,7 @@ class World:
             s.deflate = op[2]
             return None
         if kind == "seen":
-            s.last_seen = float(op[2])
+            s.last_seen = float(op[2]) * 2
             return None
         raise AssertionError(f"unknown operation {op!r}")
 
@@ -189,6 +197,8 @@ class World:
         ]
         return {
             "published": fan.published,
+            "pings": fan.pings,
+            "heartbeat_tick": fan.heartbeat_tick,
             "delivered": fan.delivered,
             "writes": fan.writes,
             "overflows": fan.overflows,

@@ -657,26 +657,31 @@ def test_buffer_size_failure_without_pending_spares_other_receivers(impl, fan):
     assert fan.delivered == 3
 
 
-def test_expired_uses_last_seen(impl, fan):
+def test_heartbeat_reports_silent_open_subscribers(impl, fan):
+    # the default settings: ping every 30 s, time out after 60 s of silence
     a = make_sub(impl, fan, "a")
     b = make_sub(impl, fan, "b")
     c = make_sub(impl, fan, "c")
     d = make_sub(impl, fan, "d")
+    # traffic after registration moves nothing in the wheel: last_seen is read
+    # when a bucket comes due
     a.last_seen = 10.0
     b.last_seen = 20.0
     c.last_seen = 5.0
     d.last_seen = 1.0
     fan.remove(d)
-    assert ids(fan.expired(15.0)) == ["a", "c"]
-    assert ids(fan.expired(10.0)) == ["c"]  # strictly before the deadline
-    assert ids(fan.expired(100.0)) == ["a", "b", "c"]
-    assert fan.expired(0.0) == []
+    ping = impl.encode_frame(b"", impl.OP_PING)
+    assert ids(fan.heartbeat(64.0, ping)) == []
+    assert ids(fan.heartbeat(65.0, ping)) == ["c"]  # silent for exactly 60 s
+    assert ids(fan.heartbeat(75.0, ping)) == ["a"]
     # closed subscribers are not reported
     fan.subscribe(b, "t")
     b.transport.fail_write = True
     fan.publish("t", None, b"\x81\x00")
     fan.flush()
-    assert ids(fan.expired(100.0)) == ["a", "c"]
+    assert ids(fan.take_to_close()) == ["b"]
+    assert ids(fan.heartbeat(100.0, ping)) == []
+    assert fan.pings == 3  # a, b and c at 30 s (b's failed write was the ping's)
 
 
 # -- misuse never crashes the process --------------------------------------------------
