@@ -206,6 +206,7 @@ cdef class FanOut:
     cdef public unsigned long long pings
     cdef list _wheel
     cdef long long _wheel_pos
+    cdef bint _wheel_started
     cdef double _hb_interval
     cdef double _hb_timeout
     cdef double _tick
@@ -224,7 +225,8 @@ cdef class FanOut:
         self.dropped_bytes = 0
         self.pings = 0
         self._wheel = []
-        self._wheel_pos = -1
+        self._wheel_pos = 0
+        self._wheel_started = False
         self.configure_heartbeat(HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, 0.0)
 
     # -- registry ------------------------------------------------------------
@@ -247,6 +249,7 @@ cdef class FanOut:
         sub._pending_bytes = 0
         if sub._state == _OPEN:
             sub._state = _CLOSED
+        sub.fd = -1
         self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
@@ -460,7 +463,7 @@ cdef class FanOut:
         self._tick = min(max(min(interval, timeout) / 8, _MIN_TICK), _MAX_TICK)
         slots = min(<Py_ssize_t>ceil(max(interval, timeout) / self._tick) + 1, _MAX_SLOTS)
         self._wheel = [{} for _ in range(slots)]
-        self._wheel_pos = -1
+        self._wheel_started = False
         latest = now + interval
         for obj in self._all:
             sub = <Subscriber>obj
@@ -480,12 +483,13 @@ cdef class FanOut:
         cdef list out = []
         cdef double interval = self._hb_interval
         cdef double timeout = self._hb_timeout
-        if self._wheel_pos < 0 or target - self._wheel_pos >= slots:
+        if not self._wheel_started or target - self._wheel_pos >= slots:
             first = target - slots + 1
         else:
             first = self._wheel_pos + 1
-        if target > self._wheel_pos:
+        if not self._wheel_started or target > self._wheel_pos:
             self._wheel_pos = target
+            self._wheel_started = True
         t = first
         while t <= target:
             i = <Py_ssize_t>(t % slots)
@@ -517,7 +521,7 @@ cdef class FanOut:
         cdef long long t = <long long>floor(due / self._tick)
         cdef Py_ssize_t slots = PyList_GET_SIZE(self._wheel)
         cdef Py_ssize_t i
-        if t <= self._wheel_pos:
+        if self._wheel_started and t <= self._wheel_pos:
             t = self._wheel_pos + 1
         i = <Py_ssize_t>(t % slots)
         if i < 0:
@@ -585,6 +589,7 @@ cdef bytes _writev_frames(int fd, list frames):
     cdef iovec iov[_IOV_MAX]
     cdef Py_ssize_t n = PyList_GET_SIZE(frames), i = 0, k, cnt, total
     cdef ssize_t sent
+    cdef int err = 0
     cdef bytes f
     while i < n:
         cnt = n - i if n - i < _IOV_MAX else _IOV_MAX
@@ -596,14 +601,14 @@ cdef bytes _writev_frames(int fd, list frames):
             total += PyBytes_GET_SIZE(f)
         while True:
             sent = writev(fd, iov, <int>cnt)
-            if sent < 0 and errno == EINTR:
-                continue
-            break
+            err = errno if sent < 0 else 0
+            if err != EINTR:
+                break
         if sent < 0:
-            if errno == EAGAIN or errno == EWOULDBLOCK:
+            if err == EAGAIN or err == EWOULDBLOCK:
                 sent = 0
             else:
-                raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+                raise OSError(err, strerror(err).decode("utf-8", "replace"))
         if sent == total:
             i += cnt
             continue

@@ -96,6 +96,8 @@ class Transport(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def is_closing(self) -> bool: ...  # only asked when the subscriber has an fd
+
 
 def encode_frame(payload: bytes, opcode: int = OP_TEXT, rsv1: bool = False) -> bytes:
     """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
@@ -238,6 +240,7 @@ class FanOut:
         "_to_close",
         "_wheel",
         "_wheel_pos",
+        "_wheel_started",
         "deflate_count",
         "delivered",
         "dropped_bytes",
@@ -263,7 +266,8 @@ class FanOut:
         self.dropped_bytes = 0  # pending bytes discarded with them
         self.pings = 0  # heartbeat pings queued
         self._wheel: list[dict[Subscriber, None]] = []
-        self._wheel_pos = -1  # the last tick visited; -1: none yet
+        self._wheel_pos = 0  # the last tick visited, once started
+        self._wheel_started = False
         self._hb_interval = self._hb_timeout = self._tick = 0.0
         self.configure_heartbeat(HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, 0.0)
 
@@ -293,6 +297,7 @@ class FanOut:
         sub._pending_bytes = 0
         if sub._state == STATE_OPEN:
             sub._state = STATE_CLOSED
+        sub.fd = -1  # never written directly again, whatever its transport says
         self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
@@ -504,7 +509,7 @@ class FanOut:
         self._tick = min(max(min(interval, timeout) / 8, MIN_TICK), MAX_TICK)
         slots = min(math.ceil(max(interval, timeout) / self._tick) + 1, MAX_SLOTS)
         self._wheel = [{} for _ in range(slots)]
-        self._wheel_pos = -1
+        self._wheel_started = False
         latest = now + interval
         for sub in self._all:
             sub._wheel_slot = -1
@@ -520,11 +525,13 @@ class FanOut:
         leave the wheel, and the caller closes them."""
         target = math.floor(now / self._tick)
         slots = len(self._wheel)
-        if self._wheel_pos < 0 or target - self._wheel_pos >= slots:
+        if not self._wheel_started or target - self._wheel_pos >= slots:
             first = target - slots + 1
         else:
             first = self._wheel_pos + 1
-        self._wheel_pos = target if target > self._wheel_pos else self._wheel_pos
+        if not self._wheel_started or target > self._wheel_pos:
+            self._wheel_pos = target
+            self._wheel_started = True
         out: list[Subscriber] = []
         interval = self._hb_interval
         timeout = self._hb_timeout
@@ -553,7 +560,7 @@ class FanOut:
         """Put an open subscriber in the bucket of its next event."""
         due = min(sub._next_ping, sub.last_seen + self._hb_timeout)
         t = math.floor(due / self._tick)
-        if t <= self._wheel_pos:
+        if self._wheel_started and t <= self._wheel_pos:
             t = self._wheel_pos + 1
         i = t % len(self._wheel)
         self._wheel[i][sub] = None

@@ -32,6 +32,7 @@ class Heartbeat:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._timer: asyncio.TimerHandle | None = None
+        self._settings: tuple[float, float] | None = None
 
     @property
     def pings_sent(self) -> int:
@@ -49,14 +50,21 @@ class Heartbeat:
         self.server.core.configure_heartbeat(
             cfg.heartbeat_interval, cfg.heartbeat_timeout, self.server.loop.time()
         )
+        self._settings = (cfg.heartbeat_interval, cfg.heartbeat_timeout)
 
     def reschedule(self) -> None:
-        """Re-read the interval and timeout now (after a reload)."""
+        """Re-read the interval and timeout now (after a reload); nothing to do
+        when neither changed."""
         if self._timer is None:
             return
+        cfg = self.server.config.websocket
+        if self._settings == (cfg.heartbeat_interval, cfg.heartbeat_timeout):
+            return
         self._timer.cancel()
-        self.configure()
-        self._arm()
+        try:
+            self.configure()
+        finally:
+            self._arm()
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -81,13 +89,21 @@ class Heartbeat:
         pings = core.pings
         for sub in core.heartbeat(now, PING_FRAME):
             conn = sub.owner
-            if conn is not None and not conn.closing:
-                server.stats.heartbeat_timeouts += 1
-                log.info(
-                    "Client %s heartbeat timeout: no traffic for %.1fs",
-                    conn.id,
-                    now - sub.last_seen,
-                )
+            if conn is None or conn.closing:
+                continue
+            server.stats.heartbeat_timeouts += 1
+            log.info(
+                "Client %s heartbeat timeout: no traffic for %.1fs", conn.id, now - sub.last_seen
+            )
+            try:
                 conn.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            except Exception:  # one broken connection must not spare the others
+                log.exception("Client %s: closing after heartbeat timeout failed", conn.id)
         if core.pings != pings:
             server.hub.flush()
+        else:
+            # a ping that overflowed a slow consumer queued nothing but must
+            # still get it closed
+            to_close = core.take_to_close()
+            if to_close:
+                server.hub.on_overflow(to_close)

@@ -7,6 +7,7 @@ every ``interval``; a subscriber silent for ``timeout`` is reported once.
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 
 import pytest
@@ -109,7 +110,10 @@ def test_traffic_since_the_bucket_was_set_postpones_the_timeout(impl: ModuleType
 
 def test_removed_subscriber_leaves_the_wheel(impl: ModuleType) -> None:
     fan, (a, b), transports = make(impl, 1.0, 2.0, [0.0, 0.0])
+    refs = sys.getrefcount(a)
     fan.remove(a)
+    # the registry and the wheel's bucket both let go of it (no subscription held)
+    assert sys.getrefcount(a) == refs - 2
     ping = ping_frame(impl)
     assert fan.heartbeat(1.0, ping) == []
     assert fan.heartbeat(5.0, ping) == [b]
@@ -120,6 +124,7 @@ def test_removed_subscriber_leaves_the_wheel(impl: ModuleType) -> None:
 
 def test_time_jump_past_a_whole_turn(impl: ModuleType) -> None:
     fan, _, _ = make(impl, 1.0, 2.0, [0.0, 0.5, 1.7])
+    assert fan.heartbeat(0.1, ping_frame(impl)) == []
     # the wheel spans ~2 s; an hour later every subscriber is overdue
     assert sorted(s.conn_id for s in fan.heartbeat(3600.0, ping_frame(impl))) == ["s0", "s1", "s2"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 
 from tests.conftest import StartServer
@@ -102,3 +103,54 @@ async def test_client_that_stops_answering_is_closed(
     code, reason = await raw.read_close(timeout=3)
     assert (code, reason) == (4000, "heartbeat timeout")
     assert 0.4 <= loop.time() - stopped <= 1.5
+
+
+async def test_ping_that_overflows_an_idle_slow_consumer_closes_it(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    # Nothing else happens on the server after the ping: no publish, no reply.
+    # The ping alone must get the slow consumer closed with 1013.
+    running = await running_server(
+        websocket__heartbeat_interval=0.3, websocket__heartbeat_timeout=30
+    )
+    server = running.server
+    raw = await raw_client(running)
+    raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": ["bulk"]}})
+    await wait_until(lambda: server.core.type_counts().get("bulk") == 1, what="subscribe")
+    (conn,) = server.connections.values()
+    blob = "x" * 16000
+    # the client reads no further than its stream buffer: fill the kernel's
+    # buffers until the transport holds data the kernel refused
+    for _ in range(5000):
+        await server.publish("bulk", {"blob": blob})
+        await asyncio.sleep(0.001)
+        if conn.transport.get_write_buffer_size() > 0:
+            break
+    await wait_until(lambda: conn.sub.pending_bytes == 0, what="flush")
+    buffered = conn.transport.get_write_buffer_size()
+    assert buffered > 0
+    conn.sub.limit = buffered + 1  # any further frame passes the limit
+    closes = server.stats.slow_consumer_closes
+    await wait_until(
+        lambda: conn.id not in server.connections, timeout=3, what="close after the ping"
+    )
+    assert server.stats.slow_consumer_closes == closes + 1
+    assert server.stats.heartbeat_timeouts == 0
+    code, reason = await raw.read_close(timeout=10)  # after everything the kernel holds
+    assert (code, reason) == (1013, "slow consumer: send buffer limit")
+
+
+async def test_unchanged_settings_on_reload_keep_the_wheel(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    running = await running_server(**FAST)
+    server = running.server
+    await raw_client(running)
+    tick = server.core.heartbeat_tick
+    before = server.heartbeat._timer
+    server.apply(server.config)
+    assert server.heartbeat._timer is before  # nothing rebuilt or re-armed
+    ws = dataclasses.replace(server.config.websocket, heartbeat_interval=0.1)
+    server.apply(dataclasses.replace(server.config, websocket=ws))
+    assert server.heartbeat._timer is not before
+    assert server.core.heartbeat_tick == tick / 2
