@@ -124,3 +124,57 @@ def test_more_frames_than_one_writev_takes(impl: ModuleType, pair) -> None:
     assert read_all(b) + rest == b"".join(frames)
     assert rest == b""
     assert impl.writev_frames(a.fileno(), []) == b""
+
+
+def fill(sock: socket.socket) -> int:
+    """Write to a non-blocking socket until the kernel takes no more."""
+    n = 0
+    while True:
+        try:
+            n += sock.send(b"\0" * 65536)
+        except BlockingIOError:
+            return n
+
+
+def test_a_full_kernel_buffer_sends_everything_to_the_transport(impl: ModuleType, pair) -> None:
+    a, b = pair
+    core, sub, transport = make_core(impl, a)
+    filled = fill(a)
+    frames = [impl.encode_frame(f"m{i}".encode()) for i in range(3)]
+    for f in frames:
+        core.publish("t", None, f)
+    core.flush()
+    assert transport.writes == [b"".join(frames)]  # EAGAIN at once: all of it, in order
+    assert len(read_all(b)) == filled
+    assert sub.closed is False
+
+
+def test_a_partial_write_in_a_later_writev_chunk(impl: ModuleType, pair) -> None:
+    a, b = pair
+    small = [impl.encode_frame(b"s") for _ in range(impl.IOV_MAX)]  # the first chunk: ~3 KiB
+    large = [impl.encode_frame(bytes([i]) * 65536) for i in range(100)]  # more than any buffer
+    frames = small + large
+    rest = impl.writev_frames(a.fileno(), frames)
+    on_socket = read_all(b)
+    assert len(on_socket) > sum(map(len, small))  # the first chunk went whole
+    assert rest  # the second did not
+    assert on_socket + rest == b"".join(frames)
+
+
+def test_only_plain_sockets_are_written_directly() -> None:
+    from aiosrv.connection import socket_fd
+
+    class Transport:
+        def __init__(self, **extra: object) -> None:
+            self.extra = extra
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return self.extra.get(name, default)
+
+    with socket.socket() as s:
+        assert socket_fd(Transport(socket=s)) == s.fileno()  # type: ignore[arg-type]
+        assert socket_fd(Transport(socket=s, sslcontext=object())) == -1  # type: ignore[arg-type]
+    assert socket_fd(Transport()) == -1  # type: ignore[arg-type]
+    closed = socket.socket()
+    closed.close()
+    assert socket_fd(Transport(socket=closed)) == -1  # type: ignore[arg-type]
