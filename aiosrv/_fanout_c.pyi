@@ -1,4 +1,23 @@
-# Types of the compiled core (_core/_fanout_c.pyx); the same API as _fanout_py.
+# Types of the compiled core (_core/_fanout_c.pyx); the same API as _fanout_py
+# (tests/core/test_equivalence.py checks that both define every name listed here).
+from aiosrv._fanout_py import (
+    HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL,
+)
+from aiosrv._fanout_py import (
+    HEARTBEAT_TIMEOUT as HEARTBEAT_TIMEOUT,
+)
+from aiosrv._fanout_py import (
+    IOV_MAX as IOV_MAX,
+)
+from aiosrv._fanout_py import (
+    MAX_SLOTS as MAX_SLOTS,
+)
+from aiosrv._fanout_py import (
+    MAX_TICK as MAX_TICK,
+)
+from aiosrv._fanout_py import (
+    MIN_TICK as MIN_TICK,
+)
 from aiosrv._fanout_py import (
     OP_BINARY as OP_BINARY,
 )
@@ -30,6 +49,9 @@ from aiosrv._fanout_py import (
     FanOut as FanOut,
 )
 from aiosrv._fanout_py import (
+    FrameReader as FrameReader,
+)
+from aiosrv._fanout_py import (
     Subscriber as Subscriber,
 )
 from aiosrv._fanout_py import (
@@ -37,4 +59,10 @@ from aiosrv._fanout_py import (
 )
 from aiosrv._fanout_py import (
     encode_frame as encode_frame,
+)
+from aiosrv._fanout_py import (
+    unmask as unmask,
+)
+from aiosrv._fanout_py import (
+    writev_frames as writev_frames,
 )

@@ -52,7 +52,12 @@ from typing import Any, Protocol
 from .errors import FrameError
 
 __all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TIMEOUT",
     "IOV_MAX",
+    "MAX_SLOTS",
+    "MAX_TICK",
+    "MIN_TICK",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",

@@ -12,6 +12,7 @@ and their order, the counters and every subscriber's state must be the same.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -289,3 +290,13 @@ def test_encode_close_identical(code, reason):
         # the longest prefix of whole characters that fits
         assert len(payload[2:]) > 119
         assert len((text + reason[len(text)]).encode("utf-8")) > 123
+
+
+def test_both_twins_define_the_same_public_names():
+    names = set(py.__all__)
+    assert names <= set(dir(c)), sorted(names - set(dir(c)))
+    stub = (importlib.resources.files("aiosrv") / "_fanout_c.pyi").read_text()
+    assert all(f" {n} as {n}," in stub for n in names)
+    for n in names:
+        if isinstance(getattr(py, n), (int, float)):
+            assert getattr(c, n) == getattr(py, n), n
