@@ -30,9 +30,12 @@ lint: setup
 	$(BIN)/ruff check aiosrv tests
 	$(BIN)/mypy
 
+# Two passes: the compiled core on uvloop (as in production), then the
+# pure-Python twin on asyncio's own loop, so both cores and both loops run
+# every test.
 test: setup system-deps lint
-	AIOSRV_EXPECT_COMPILED=1 $(BIN)/python -m pytest -q -p no:cacheprovider
-	AIOSRV_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	AIOSRV_EXPECT_COMPILED=1 AIOSRV_TEST_LOOP=uvloop $(BIN)/python -m pytest -q -p no:cacheprovider
+	AIOSRV_NO_EXTENSIONS=1 AIOSRV_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
 
 annotate: $(BIN)/python
 	AIOSRV_CYTHON_ANNOTATE=1 $(BIN)/pip install --quiet -e .

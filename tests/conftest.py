@@ -8,6 +8,7 @@ or aiohttp's client over the socket.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,22 @@ from aiohttp.test_utils import TestServer
 
 from aiosrv import SERVER, create_app, default_config
 from aiosrv.server import Server
+
+#: The event loop every async test runs on: uvloop (what the server runs on in
+#: production) unless AIOSRV_TEST_LOOP=asyncio; ``make test`` runs the compiled
+#: pass on uvloop and the pure-Python pass on asyncio's own loop.
+TEST_LOOP = os.environ.get("AIOSRV_TEST_LOOP", "uvloop").strip().lower()
+if TEST_LOOP not in {"uvloop", "asyncio"}:
+    raise pytest.UsageError(f"AIOSRV_TEST_LOOP must be uvloop or asyncio, not {TEST_LOOP!r}")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if TEST_LOOP == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
 
 # Tests never read the developer's config file or environment by accident.
 for _name in list(os.environ):
