@@ -1,8 +1,10 @@
 """Pure-Python reference of the fan-out core (twin of ``_core/_fanout_c.pyx``).
 
-The fan-out core is sans-I/O except for one duty: handing bytes to a transport
-(``write`` and ``get_write_buffer_size``, the asyncio transport interface). It
-knows nothing of asyncio, aiohttp or redis.
+The fan-out core is sans-I/O except for one duty: writing each connection's
+pending frames, with ``writev`` on the socket's descriptor while its transport
+holds nothing (:func:`writev_frames`), otherwise through the transport
+(``write``, ``get_write_buffer_size``, ``is_closing``: the asyncio transport
+interface). It knows nothing of asyncio, aiohttp or redis.
 
 What it does, per published message:
 
@@ -10,8 +12,9 @@ What it does, per published message:
 * :meth:`FanOut.publish` looks up the receivers (subscribers of the type, plus
   subscribers narrowed to the message's key) and appends a *reference* to the
   frame to each receiver's pending list: no copy, no serialization, no task;
-* :meth:`FanOut.flush` hands each dirty subscriber's pending frames to its
-  transport in one ``write`` (one system call when the kernel buffer has room).
+* :meth:`FanOut.flush` writes each dirty subscriber's pending frames in one
+  system call (``writev`` of the frames as they are, or one transport
+  ``write`` of them joined); what the kernel refuses waits in the transport.
 
 permessage-deflate (RFC 7692) keeps that shape: the caller may pass the same
 message compressed once (a frame with RSV1 set, made with no context takeover)

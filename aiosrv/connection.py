@@ -147,9 +147,8 @@ class Connection(asyncio.Protocol):
         # permessage-deflate at the full window: this client takes the hub's
         # shared compressed frames
         shared = deflate is not None and deflate.shared
-        self.sub = Subscriber(
-            self.id, transport, cfg.send_buffer_limit, self, shared, socket_fd(transport)
-        )
+        fd = socket_fd(transport) if cfg.direct_write else -1
+        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, shared, fd)
         self.sub.last_seen = server.loop.time()
 
     # -- sending -------------------------------------------------------------

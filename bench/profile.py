@@ -9,6 +9,7 @@ fan-out core, frame parsing, the event loop, aiohttp, the rest of Python.
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py -n 1000 --rate 3000          # 1k subscribers
     .venv/bin/python bench/profile.py -n 10000 --rate 10           # 10k at 10/s
+    .venv/bin/python bench/profile.py --set websocket.direct_write=false   # the transport's write
     AIOSRV_NO_EXTENSIONS=1 .venv/bin/python bench/profile.py ...   # the pure twin
 
 The raw samples stay in ``bench/results/raw/profile-*.txt`` (py-spy's raw
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=3000, help="publishes per second")
     ap.add_argument("--size", type=int, default=100, help="payload bytes")
     ap.add_argument("--seconds", type=float, default=8, help="py-spy recording time")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a server setting, e.g. websocket.direct_write=false (repeatable)")
     args = ap.parse_args()
     spy = VENV / "py-spy"
     client = BENCH / "loadclient"
@@ -92,7 +95,8 @@ def main() -> int:
         ["taskset", "-c", "0", str(VENV / "aiosrv"), "serve", "--host", "127.0.0.1", "--port", str(port),
          "--api-host", "127.0.0.1", "--api-port", str(api), "--metrics-port", str(metrics),
          "--log-level", "WARNING", "--set", "websocket.allow_client_publish=true",
-         "--set", "sources.enabled=false", "--set", "websocket.max_connections=20000"],
+         "--set", "sources.enabled=false", "--set", "websocket.max_connections=20000",
+         *[a for kv in args.set for a in ("--set", kv)]],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     core = "pure" if os.environ.get("AIOSRV_NO_EXTENSIONS", "") in {"1", "true", "yes"} else "compiled"

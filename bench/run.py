@@ -89,6 +89,8 @@ SERVERS = {
                scenarios=("saturation",)),
         Server("aiosrv-pure", "aiosrv, pure-Python core (AIOSRV_NO_EXTENSIONS=1)", AIOSRV,
                env={"AIOSRV_NO_EXTENSIONS": "1"}),
+        Server("aiosrv-transport-write", "aiosrv (compiled), writes through the transport",
+               AIOSRV + ["--set", "websocket.direct_write=false"]),
         Server("aiohttp-naive", "obvious aiohttp loop",
                [str(VENV_PY), str(BENCH / "peers" / "aiohttp_naive.py"), "--port", "{port}"]),
         Server("websockets", "websockets.broadcast",
@@ -107,7 +109,8 @@ SERVERS = {
                probe=["node", "-e", "require('./bench/peers/node_uws/node_modules/@btc-vision/uwebsockets.js')"]),
     ]
 }
-# node-uws is opt-in (bench/setup.sh --with-uws; see bench/README.md)
+# opt-in: node-uws (bench/setup.sh --with-uws; see bench/README.md), and
+# aiosrv-transport-write (the A/B of the core's own writev)
 DEFAULT_SERVERS = ["aiosrv", "aiosrv-http", "aiosrv-pure", "aiohttp-naive", "websockets", "picows",
                    "node-ws", "uws-socketify"]
 

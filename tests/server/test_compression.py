@@ -215,3 +215,32 @@ async def test_turning_compression_on_and_off_applies_to_new_connections(
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_default_threshold_boundary_1024_bytes(running_server: StartServer) -> None:
+    # websocket.compression_threshold (1024 by default) is the size of the data
+    # message from which on it is compressed: 1023 bytes go plain, 1024 compressed
+    running = await running_server(websocket__compression=True)
+    assert running.server.config.websocket.compression_threshold == 1024
+    client, _ = await DeflateRawClient.open(running.port)
+    plain, _ = await DeflateRawClient.open(running.port, offer=False)
+    try:
+        for c in (client, plain):
+            c.send_json({"action": "subscribe", "payload": {"types": ["t"]}})
+            assert orjson.loads((await c.read_raw())[2])["type"] == "ack"
+        await publish(running, "x" * 100)  # learn the envelope's size (seq stays 1 digit)
+        _, _, body = await plain.read_raw()
+        overhead = len(body) - 100
+        assert (await client.read_raw())[0] is False
+        for size, compressed in [(1023, False), (1024, True), (1025, True)]:
+            text = "x" * (size - overhead)
+            await publish(running, text)
+            _, _, body = await plain.read_raw()
+            assert len(body) == size
+            rsv1, _, raw = await client.read_raw()
+            assert rsv1 is compressed, size
+            assert (inflate(raw) if rsv1 else raw) == body
+        assert running.server.hub.compressed == 2
+    finally:
+        await client.close()
+        await plain.close()

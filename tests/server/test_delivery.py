@@ -9,9 +9,11 @@ import socket
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import StartServer
 from tests.server.conftest import RawConnect, WsConnect, wait_until
+from tests.server.test_metrics import scrape, value
 
 
 def split_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -122,7 +124,11 @@ async def test_order_is_kept_per_type_across_interleaved_bursts(
 
 
 async def test_slow_consumer_gets_1013_and_a_fast_one_misses_nothing(
-    running_server: StartServer, raw_client: RawConnect, ws_client: WsConnect
+    running_server: StartServer,
+    raw_client: RawConnect,
+    ws_client: WsConnect,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     limit = 128 * 1024
     running = await running_server(websocket__send_buffer_limit=limit)
@@ -163,3 +169,87 @@ async def test_slow_consumer_gets_1013_and_a_fast_one_misses_nothing(
     assert code == 1013
     assert "slow consumer" in reason
     await wait_until(lambda: len(server.connections) == 1, what="the slow client to go")
+    # counted in the metrics and logged for the operator
+    samples = await scrape(http, running)
+    assert value(samples, "aiosrv_slow_consumer_disconnects_total") == 1
+    assert value(samples, "aiosrv_slow_consumer_dropped_bytes_total") == server.core.dropped_bytes
+    (record,) = [r for r in caplog.records if "slow consumer" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert f"send buffer over {limit} bytes" in record.getMessage()
+
+
+async def test_direct_write_setting_chooses_the_write_path(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    for direct in (True, False):
+        running = await running_server(websocket__direct_write=direct)
+        client = await ws_client(running)
+        await client.subscribe(["t"])
+        (conn,) = running.server.connections.values()
+        sock = conn.transport.get_extra_info("socket")
+        assert conn.sub.fd == (sock.fileno() if direct else -1)
+        for i in range(50):
+            await running.server.publish("t", {"i": i})
+        assert [(await client.recv())["payload"]["i"] for _ in range(50)] == list(range(50))
+
+
+async def test_partial_writes_lose_and_reorder_nothing(running_server: StartServer) -> None:
+    # A client that reads in small sips while messages of every frame-length
+    # class pour in: the kernel takes part of a write, the rest waits in the
+    # transport, the transport drains and the core writes directly again, many
+    # times over. Every message must arrive whole, once, in order.
+    running = await running_server(websocket__send_buffer_limit=64 * 1024 * 1024)
+    server = running.server
+    sock = await open_plain_client(running.port)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(
+        sock, masked_text(b'{"action":"subscribe","payload":{"types":["p"]}}')
+    )
+    await wait_until(lambda: server.core.type_counts().get("p") == 1, what="subscribe")
+    (conn,) = server.connections.values()
+    sizes = [10, 125, 126, 3000, 65535, 65536, 70000, 500]
+    count = 400
+    expected = [sizes[i % len(sizes)] for i in range(count)]
+    buf = bytearray()
+    partial_seen = False
+
+    async def publish_all() -> None:
+        nonlocal partial_seen
+        for i, n in enumerate(expected):
+            await server.publish("p", {"i": i, "fill": "z" * n})
+            if i % 8 == 0:
+                await asyncio.sleep(0)
+                partial_seen = partial_seen or conn.transport.get_write_buffer_size() > 0
+
+    publisher = asyncio.create_task(publish_all())
+    got: list[int] = []
+    while len(got) < count:
+        buf += await asyncio.wait_for(loop.sock_recv(sock, 16384), 10)
+        await asyncio.sleep(0)  # sip: let the server run between reads
+        i = 0
+        while True:  # whole frames at the front of buf
+            if len(buf) - i < 2:
+                break
+            n = buf[i + 1] & 0x7F
+            head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if len(buf) - i < head:
+                break
+            if n == 126:
+                n = int.from_bytes(buf[i + 2 : i + 4], "big")
+            elif n == 127:
+                n = int.from_bytes(buf[i + 2 : i + 10], "big")
+            if len(buf) - i < head + n:
+                break
+            assert buf[i] == 0x81, buf[i : i + 2]
+            msg = orjson.loads(bytes(buf[i + head : i + head + n]))
+            i += head + n
+            if msg.get("type") == "p":
+                assert msg["payload"]["i"] == len(got)
+                assert msg["payload"]["fill"] == "z" * expected[len(got)]
+                assert msg["seq"] == len(got) + 1
+                got.append(msg["seq"])
+        del buf[:i]
+    await publisher
+    sock.close()
+    assert partial_seen  # the transport did hold data at times: the mixed path ran
+    assert server.stats.slow_consumer_closes == 0
