@@ -155,8 +155,14 @@ class Connection(asyncio.Protocol):
 
     def send_json(self, data: bytes) -> None:
         """Queue one encoded JSON message to this client, flushed this iteration."""
-        if self.server.core.send(self.sub, encode_frame(data)):
-            self.server.hub.flush_soon()
+        self._send(encode_frame(data))
+
+    def _send(self, frame: bytes) -> None:
+        # Flush at the end of this iteration whether or not the frame was
+        # queued: a frame refused because it passed the send-buffer limit made
+        # the core give up on this client, and the flush closes it (1013).
+        self.server.core.send(self.sub, frame)
+        self.server.hub.flush_soon()
 
     def send_error(self, error: ClientError) -> None:
         self.server.stats.count_error(error.code)
@@ -225,8 +231,7 @@ class Connection(asyncio.Protocol):
                 ) from None
             self._on_text(text)
         elif opcode == OP_PING:
-            if self.server.core.send(self.sub, encode_frame(payload, OP_PONG)):
-                self.server.hub.flush_soon()
+            self._send(encode_frame(payload, OP_PONG))
         elif opcode == OP_PONG:
             pass
         elif opcode == OP_BINARY:

@@ -102,8 +102,6 @@ class Heartbeat:
         if core.pings != pings:
             server.hub.flush()
         else:
-            # a ping that overflowed a slow consumer queued nothing but must
-            # still get it closed
-            to_close = core.take_to_close()
-            if to_close:
-                server.hub.on_overflow(to_close)
+            # a ping that overflowed a slow consumer queued nothing, but the
+            # consumer must still be closed
+            server.hub.close_given_up()

@@ -256,6 +256,12 @@ class Hub:
             self._unflushed = 0
         self.flushes += 1
         self.core.flush()
+        self.close_given_up()
+
+    def close_given_up(self) -> None:
+        """Hand the subscribers the core gave up on since the last call (over
+        their send-buffer limit, or their transport failed) to ``on_overflow``.
+        :meth:`flush` ends with it; call it after queuing outside a flush."""
         to_close = self.core.take_to_close()
         if to_close:
             self.on_overflow(to_close)

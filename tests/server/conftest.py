@@ -52,6 +52,23 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
+async def fill_to_the_limit(server: Any, conn: Any, type_: str) -> None:
+    """Publish ``type_`` messages to a subscribed client that reads no further
+    than its stream buffer, until the kernel's buffers are full and the
+    transport holds data; then set the client's limit one byte above that, so
+    any further frame passes it."""
+    blob = "x" * 16000
+    for _ in range(5000):
+        await server.publish(type_, {"blob": blob})
+        await asyncio.sleep(0.001)
+        if conn.transport.get_write_buffer_size() > 0:
+            break
+    await wait_until(lambda: conn.sub.pending_bytes == 0, what="flush")
+    buffered = conn.transport.get_write_buffer_size()
+    assert buffered > 0
+    conn.sub.limit = buffered + 1
+
+
 # --------------------------------------------------------------------------- clients
 
 

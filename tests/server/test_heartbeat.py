@@ -8,7 +8,7 @@ import itertools
 
 from tests.conftest import StartServer
 
-from .conftest import RawConnect, WsConnect, wait_until
+from .conftest import RawConnect, WsConnect, fill_to_the_limit, wait_until
 
 FAST = {"websocket__heartbeat_interval": 0.2, "websocket__heartbeat_timeout": 0.6}
 
@@ -118,18 +118,7 @@ async def test_ping_that_overflows_an_idle_slow_consumer_closes_it(
     raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": ["bulk"]}})
     await wait_until(lambda: server.core.type_counts().get("bulk") == 1, what="subscribe")
     (conn,) = server.connections.values()
-    blob = "x" * 16000
-    # the client reads no further than its stream buffer: fill the kernel's
-    # buffers until the transport holds data the kernel refused
-    for _ in range(5000):
-        await server.publish("bulk", {"blob": blob})
-        await asyncio.sleep(0.001)
-        if conn.transport.get_write_buffer_size() > 0:
-            break
-    await wait_until(lambda: conn.sub.pending_bytes == 0, what="flush")
-    buffered = conn.transport.get_write_buffer_size()
-    assert buffered > 0
-    conn.sub.limit = buffered + 1  # any further frame passes the limit
+    await fill_to_the_limit(server, conn, "bulk")
     closes = server.stats.slow_consumer_closes
     await wait_until(
         lambda: conn.id not in server.connections, timeout=3, what="close after the ping"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Running, StartServer
 
-from .conftest import RawConnect, WsConnect, get_json, new_id, wait_until
+from .conftest import RawConnect, WsConnect, fill_to_the_limit, get_json, new_id, wait_until
 
 
 def padded_ping(size: int) -> tuple[str, str]:
@@ -254,3 +256,27 @@ async def test_slow_consumer_is_closed_and_others_keep_their_data(
     msg = await fast.recv()
     assert (msg["seq"], msg["payload"]) == (pub.seq, "after")
     await fast.ping()
+
+
+async def test_a_reply_that_passes_the_limit_closes_an_idle_slow_consumer(
+    running_server: StartServer, raw_client: RawConnect
+) -> None:
+    # Nothing else happens on the server after the client's ping: its pong
+    # alone passes the limit, and that must get the client closed with 1013.
+    running = await running_server()
+    server = running.server
+    raw = await raw_client(running)
+    raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": ["bulk"]}})
+    await wait_until(lambda: server.core.type_counts().get("bulk") == 1, what="subscribe")
+    (conn,) = server.connections.values()
+    await fill_to_the_limit(server, conn, "bulk")
+    seen = conn.messages_in
+    raw.send_json({"action": "ping", "id": "p"})
+    await wait_until(lambda: conn.messages_in > seen, what="the ping read")
+    await asyncio.sleep(0.001)
+    # closed by the flush of that loop iteration, not by some later timer
+    assert conn.closing
+    assert conn.id not in server.connections
+    assert server.stats.slow_consumer_closes == 1
+    code, _ = await raw.read_close(timeout=10)
+    assert code == 1013
