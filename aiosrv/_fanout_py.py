@@ -401,7 +401,8 @@ class FanOut:
         return self._append(sub, frame) == 1
 
     def send_all(self, frame: bytes) -> int:
-        """Queue a frame for every registered subscriber (heartbeat pings)."""
+        """Queue a frame for every registered subscriber (the heartbeat pings
+        through :meth:`heartbeat` instead, one connection at a time)."""
         n = 0
         for sub in self._all:
             n += self._append(sub, frame)

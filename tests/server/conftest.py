@@ -52,11 +52,14 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
-async def fill_to_the_limit(server: Any, conn: Any, type_: str) -> None:
-    """Publish ``type_`` messages to a subscribed client that reads no further
-    than its stream buffer, until the kernel's buffers are full and the
-    transport holds data; then set the client's limit one byte above that, so
-    any further frame passes it."""
+async def slow_consumer(server: Any, raw: RawClient, type_: str = "bulk") -> Any:
+    """Subscribe ``raw`` (which reads no further than its stream buffer) to
+    ``type_`` and publish to it until the kernel's buffers are full and the
+    transport holds data; then set its limit one byte above that, so any
+    further frame passes it. Returns its server-side Connection."""
+    raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": [type_]}})
+    await wait_until(lambda: server.core.type_counts().get(type_) == 1, what="subscribe")
+    (conn,) = server.connections.values()
     blob = "x" * 16000
     for _ in range(5000):
         await server.publish(type_, {"blob": blob})
@@ -67,6 +70,7 @@ async def fill_to_the_limit(server: Any, conn: Any, type_: str) -> None:
     buffered = conn.transport.get_write_buffer_size()
     assert buffered > 0
     conn.sub.limit = buffered + 1
+    return conn
 
 
 # --------------------------------------------------------------------------- clients

@@ -8,7 +8,7 @@ import itertools
 
 from tests.conftest import StartServer
 
-from .conftest import RawConnect, WsConnect, fill_to_the_limit, wait_until
+from .conftest import RawConnect, WsConnect, slow_consumer, wait_until
 
 FAST = {"websocket__heartbeat_interval": 0.2, "websocket__heartbeat_timeout": 0.6}
 
@@ -115,10 +115,7 @@ async def test_ping_that_overflows_an_idle_slow_consumer_closes_it(
     )
     server = running.server
     raw = await raw_client(running)
-    raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": ["bulk"]}})
-    await wait_until(lambda: server.core.type_counts().get("bulk") == 1, what="subscribe")
-    (conn,) = server.connections.values()
-    await fill_to_the_limit(server, conn, "bulk")
+    conn = await slow_consumer(server, raw)
     closes = server.stats.slow_consumer_closes
     await wait_until(
         lambda: conn.id not in server.connections, timeout=3, what="close after the ping"

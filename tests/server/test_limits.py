@@ -10,7 +10,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Running, StartServer
 
-from .conftest import RawConnect, WsConnect, fill_to_the_limit, get_json, new_id, wait_until
+from .conftest import RawConnect, WsConnect, get_json, new_id, slow_consumer, wait_until
 
 
 def padded_ping(size: int) -> tuple[str, str]:
@@ -266,10 +266,7 @@ async def test_a_reply_that_passes_the_limit_closes_an_idle_slow_consumer(
     running = await running_server()
     server = running.server
     raw = await raw_client(running)
-    raw.send_json({"action": "subscribe", "id": "s", "payload": {"types": ["bulk"]}})
-    await wait_until(lambda: server.core.type_counts().get("bulk") == 1, what="subscribe")
-    (conn,) = server.connections.values()
-    await fill_to_the_limit(server, conn, "bulk")
+    conn = await slow_consumer(server, raw)
     seen = conn.messages_in
     raw.send_json({"action": "ping", "id": "p"})
     await wait_until(lambda: conn.messages_in > seen, what="the ping read")
