@@ -14,19 +14,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_SIZE
 from cpython.ref cimport PyObject
-from libc.errno cimport EAGAIN, EINTR, errno
 from libc.math cimport ceil, floor
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy, strerror
-
-cdef extern from "errno.h":
-    int EWOULDBLOCK
-
-cdef extern from "sys/uio.h" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec* iov, int iovcnt)
+from libc.string cimport memcpy
 
 from aiosrv.errors import FrameError
 
@@ -112,7 +102,6 @@ cdef class Subscriber:
     cdef public object owner
     cdef public double last_seen
     cdef public bint deflate
-    cdef public int fd
     cdef bint _deflate_counted
     cdef list _pending
     cdef Py_ssize_t _pending_bytes
@@ -123,10 +112,8 @@ cdef class Subscriber:
     cdef double _next_ping
     cdef Py_ssize_t _wheel_slot
 
-    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False,
-                 int fd=-1):
+    def __init__(self, conn_id, transport, Py_ssize_t limit, owner=None, bint deflate=False):
         self.conn_id = conn_id
-        self.fd = fd
         self.deflate = deflate
         self._deflate_counted = False
         self.transport = transport
@@ -249,7 +236,6 @@ cdef class FanOut:
         sub._pending_bytes = 0
         if sub._state == _OPEN:
             sub._state = _CLOSED
-        sub.fd = -1
         self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
@@ -402,29 +388,16 @@ cdef class FanOut:
         cdef list pending = sub._pending
         cdef Py_ssize_t count = PyList_GET_SIZE(pending)
         transport = sub.transport
-        if count:
-            sub._pending = []
-            sub._pending_bytes = 0
-            try:
-                if (sub.fd >= 0 and not transport.get_write_buffer_size()
-                        and not transport.is_closing()):
-                    rest = _writev_frames(sub.fd, pending)
-                    if PyBytes_GET_SIZE(rest):
-                        transport.write(rest)
-                else:
-                    transport.write(pending[0] if count == 1 else b"".join(pending))
-                sub._transport_buffered = transport.get_write_buffer_size()
-            except Exception:
-                sub._state = _CLOSED
-                self._to_close.append(sub)
-                return
-            self.writes += 1
-        else:
-            try:
-                sub._transport_buffered = transport.get_write_buffer_size()
-            except Exception:
-                sub._state = _CLOSED
-                self._to_close.append(sub)
+        try:
+            if count:
+                sub._pending = []
+                sub._pending_bytes = 0
+                transport.write(pending[0] if count == 1 else b"".join(pending))
+                self.writes += 1
+            sub._transport_buffered = transport.get_write_buffer_size()
+        except Exception:
+            sub._state = _CLOSED
+            self._to_close.append(sub)
 
     def flush(self):
         cdef list dirty = self._dirty
@@ -440,6 +413,12 @@ cdef class FanOut:
                 self._write(sub)
                 n += 1
         return n
+
+    def write(self, Subscriber sub not None):
+        if sub._state == _OPEN and PyList_GET_SIZE(sub._pending):
+            self._write(sub)
+            return True
+        return False
 
     def take_to_close(self):
         out = self._to_close
@@ -575,58 +554,6 @@ cdef class FanOut:
             s = <Subscriber>sub
             n += s._pending_bytes + s._transport_buffered
         return n
-
-
-# -- writing to the socket -----------------------------------------------------
-
-cdef enum:
-    _IOV_MAX = 1024
-
-IOV_MAX = _IOV_MAX
-
-
-cdef bytes _writev_frames(int fd, list frames):
-    cdef iovec iov[_IOV_MAX]
-    cdef Py_ssize_t n = PyList_GET_SIZE(frames), i = 0, k, cnt, total
-    cdef ssize_t sent
-    cdef int err = 0
-    cdef bytes f
-    while i < n:
-        cnt = n - i if n - i < _IOV_MAX else _IOV_MAX
-        total = 0
-        for k in range(cnt):
-            f = <bytes>frames[i + k]
-            iov[k].iov_base = PyBytes_AS_STRING(f)
-            iov[k].iov_len = <size_t>PyBytes_GET_SIZE(f)
-            total += PyBytes_GET_SIZE(f)
-        while True:
-            sent = writev(fd, iov, <int>cnt)
-            err = errno if sent < 0 else 0
-            if err != EINTR:
-                break
-        if sent < 0:
-            if err == EAGAIN or err == EWOULDBLOCK:
-                sent = 0
-            else:
-                raise OSError(err, strerror(err).decode("utf-8", "replace"))
-        if sent == total:
-            i += cnt
-            continue
-        while sent >= PyBytes_GET_SIZE(<bytes>frames[i]):
-            sent -= PyBytes_GET_SIZE(<bytes>frames[i])
-            i += 1
-        return (<bytes>frames[i])[sent:] + b"".join(frames[i + 1:])
-    return b""
-
-
-def writev_frames(int fd, list frames not None):
-    """Write ``frames`` to the non-blocking socket ``fd`` with ``writev``
-    until all are sent or the kernel's buffer is full; return what was not
-    sent (see the twin in ``aiosrv/_fanout_py.py``)."""
-    for f in frames:
-        if type(f) is not bytes:
-            raise TypeError("frames must be bytes")
-    return _writev_frames(fd, frames)
 
 
 # -- reading client frames -----------------------------------------------------

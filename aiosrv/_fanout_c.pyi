@@ -7,9 +7,6 @@ from aiosrv._fanout_py import (
     HEARTBEAT_TIMEOUT as HEARTBEAT_TIMEOUT,
 )
 from aiosrv._fanout_py import (
-    IOV_MAX as IOV_MAX,
-)
-from aiosrv._fanout_py import (
     MAX_SLOTS as MAX_SLOTS,
 )
 from aiosrv._fanout_py import (
@@ -62,7 +59,4 @@ from aiosrv._fanout_py import (
 )
 from aiosrv._fanout_py import (
     unmask as unmask,
-)
-from aiosrv._fanout_py import (
-    writev_frames as writev_frames,
 )

@@ -1,10 +1,8 @@
 """Pure-Python reference of the fan-out core (twin of ``_core/_fanout_c.pyx``).
 
-The fan-out core is sans-I/O except for one duty: writing each connection's
-pending frames, with ``writev`` on the socket's descriptor while its transport
-holds nothing (:func:`writev_frames`), otherwise through the transport
-(``write``, ``get_write_buffer_size``, ``is_closing``: the asyncio transport
-interface). It knows nothing of asyncio, aiohttp or redis.
+The fan-out core is sans-I/O except for one duty: handing each connection's
+pending frames to its transport (``write`` and ``get_write_buffer_size``: the
+asyncio transport interface). It knows nothing of asyncio, aiohttp or redis.
 
 What it does, per published message:
 
@@ -12,9 +10,9 @@ What it does, per published message:
 * :meth:`FanOut.publish` looks up the receivers (subscribers of the type, plus
   subscribers narrowed to the message's key) and appends a *reference* to the
   frame to each receiver's pending list: no copy, no serialization, no task;
-* :meth:`FanOut.flush` writes each dirty subscriber's pending frames in one
-  system call (``writev`` of the frames as they are, or one transport
-  ``write`` of them joined); what the kernel refuses waits in the transport.
+* :meth:`FanOut.flush` hands each dirty subscriber's pending frames to its
+  transport in one ``write`` (the frames joined); the event loop's transport
+  tries the socket at once, and what the kernel refuses waits in its buffer.
 
 permessage-deflate (RFC 7692) keeps that shape: the caller may pass the same
 message compressed once (a frame with RSV1 set, made with no context takeover)
@@ -48,7 +46,6 @@ that on random subscription tables.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -57,7 +54,6 @@ from .errors import FrameError
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",
-    "IOV_MAX",
     "MAX_SLOTS",
     "MAX_TICK",
     "MIN_TICK",
@@ -76,7 +72,6 @@ __all__ = [
     "encode_close",
     "encode_frame",
     "unmask",
-    "writev_frames",
 ]
 
 OP_CONT = 0x0
@@ -104,7 +99,6 @@ class Transport(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
-    def is_closing(self) -> bool: ...  # only asked when the subscriber has an fd
 
 
 def encode_frame(payload: bytes, opcode: int = OP_TEXT, rsv1: bool = False) -> bytes:
@@ -149,7 +143,6 @@ class Subscriber:
         "_wheel_slot",
         "conn_id",
         "deflate",
-        "fd",
         "last_seen",
         "limit",
         "owner",
@@ -163,12 +156,8 @@ class Subscriber:
         limit: int,
         owner: Any = None,
         deflate: bool = False,
-        fd: int = -1,
     ) -> None:
         self.conn_id = conn_id
-        # the socket's file descriptor, written to directly while the
-        # transport holds nothing; -1: always through the transport
-        self.fd = fd
         # negotiated permessage-deflate: receives the shared compressed frame.
         # Settable; set it before add() so FanOut.deflate_count includes it.
         self.deflate = deflate
@@ -305,7 +294,6 @@ class FanOut:
         sub._pending_bytes = 0
         if sub._state == STATE_OPEN:
             sub._state = STATE_CLOSED
-        sub.fd = -1  # never written directly again, whatever its transport says
         self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
@@ -441,38 +429,19 @@ class FanOut:
     def _write(self, sub: Subscriber) -> None:
         pending = sub._pending
         transport = sub.transport
-        if pending:
-            sub._pending = []
-            sub._pending_bytes = 0
-            try:
-                if (
-                    sub.fd >= 0
-                    and not transport.get_write_buffer_size()
-                    and not transport.is_closing()
-                ):
-                    # The transport holds nothing, so the socket may be written
-                    # directly (the frames as they are, no join); only what the
-                    # kernel does not take goes to the transport's buffer.
-                    rest = writev_frames(sub.fd, pending)
-                    if rest:
-                        transport.write(rest)
-                else:
-                    transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-                sub._transport_buffered = transport.get_write_buffer_size()
-            except Exception:
-                # The transport is gone; the connection's reader will notice too.
-                sub._state = STATE_CLOSED
-                self._to_close.append(sub)
-                return
-            self.writes += 1
-        else:
-            try:
-                sub._transport_buffered = transport.get_write_buffer_size()
-            except Exception:
-                # Same as a failed write: one broken transport must not abort
-                # the fan-out to the receivers after it.
-                sub._state = STATE_CLOSED
-                self._to_close.append(sub)
+        try:
+            if pending:
+                sub._pending = []
+                sub._pending_bytes = 0
+                transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                self.writes += 1
+            # what the kernel did not take (the transport writes at once)
+            sub._transport_buffered = transport.get_write_buffer_size()
+        except Exception:
+            # The transport is gone; the connection's reader will notice too.
+            # One broken transport must not abort the fan-out to the others.
+            sub._state = STATE_CLOSED
+            self._to_close.append(sub)
 
     def flush(self) -> int:
         """Hand every dirty subscriber's pending frames to its transport, one
@@ -488,6 +457,15 @@ class FanOut:
                 self._write(sub)
                 n += 1
         return n
+
+    def write(self, sub: Subscriber) -> bool:
+        """Hand one subscriber's pending frames to its transport now, without
+        waiting for the next :meth:`flush` (a reply to that client). Returns
+        whether anything was written."""
+        if sub._state == STATE_OPEN and sub._pending:
+            self._write(sub)
+            return True
+        return False
 
     def take_to_close(self) -> list[Subscriber]:
         """Subscribers that overflowed or whose transport failed since the last call."""
@@ -612,36 +590,6 @@ class FanOut:
     def buffered_bytes_total(self) -> int:
         """Pending plus transport-buffered bytes, over every subscriber."""
         return sum(s._pending_bytes + s._transport_buffered for s in self._all)
-
-
-# -- writing to the socket -----------------------------------------------------
-
-#: Frames per ``writev`` system call (Linux's IOV_MAX).
-IOV_MAX = 1024
-
-
-def writev_frames(fd: int, frames: list[bytes]) -> bytes:
-    """Write ``frames`` to the non-blocking socket ``fd`` with ``writev`` until
-    all are sent or the kernel's buffer is full; return what was not sent.
-
-    Errors other than a full buffer (a reset or closed peer) are raised.
-    """
-    i = 0
-    n = len(frames)
-    while i < n:
-        chunk = frames[i : i + IOV_MAX]
-        try:
-            sent = os.writev(fd, chunk)
-        except BlockingIOError:
-            sent = 0
-        if sent == sum(map(len, chunk)):
-            i += len(chunk)
-            continue
-        while sent >= len(frames[i]):
-            sent -= len(frames[i])
-            i += 1
-        return frames[i][sent:] + b"".join(frames[i + 1 :])
-    return b""
 
 
 # -- reading client frames -----------------------------------------------------

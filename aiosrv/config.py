@@ -234,10 +234,6 @@ FIELDS: tuple[FieldSpec, ...] = (
        minimum=0),
     _f("websocket.compression_level", "int", 6, "COMPRESSION_LEVEL", LIVE,
        "zlib level for compressed messages.", minimum=1, maximum=9),
-    _f("websocket.direct_write", "bool", True, "WEBSOCKET_DIRECT_WRITE", LIVE,
-       "Write to plain sockets from the fan-out core (writev); false: always through the "
-       "event loop's transport (for comparison); applies to new connections."),
-    # api
     _f("api.host", "str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to."),
     _f("api.port", "int", 8080, "API_PORT", RESTART,
        "Port of the HTTP API; equal to websocket.port serves both on one listener.",
@@ -356,7 +352,6 @@ class WebSocketConfig:
     compression: bool = _default("websocket.compression")
     compression_threshold: int = _default("websocket.compression_threshold")
     compression_level: int = _default("websocket.compression_level")
-    direct_write: bool = _default("websocket.direct_write")
 
 
 @dataclass(frozen=True, slots=True)

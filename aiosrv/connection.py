@@ -75,18 +75,6 @@ def new_connection_id() -> str:
     return secrets.token_hex(6)
 
 
-def socket_fd(transport: asyncio.BaseTransport) -> int:
-    """The file descriptor the core may write to directly, or -1 (TLS, or a
-    transport without a socket)."""
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    try:
-        return int(sock.fileno()) if sock is not None else -1
-    except (OSError, ValueError):
-        return -1
-
-
 def _needs_await(req: protocol.Request) -> bool:
     return isinstance(req, (protocol.History, protocol.Publish)) or (
         isinstance(req, protocol.Subscribe) and bool(req.since)
@@ -147,8 +135,7 @@ class Connection(asyncio.Protocol):
         # permessage-deflate at the full window: this client takes the hub's
         # shared compressed frames
         shared = deflate is not None and deflate.shared
-        fd = socket_fd(transport) if cfg.direct_write else -1
-        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, shared, fd)
+        self.sub = Subscriber(self.id, transport, cfg.send_buffer_limit, self, shared)
         self.sub.last_seen = server.loop.time()
 
     # -- sending -------------------------------------------------------------

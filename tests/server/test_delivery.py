@@ -178,21 +178,6 @@ async def test_slow_consumer_gets_1013_and_a_fast_one_misses_nothing(
     assert f"send buffer over {limit} bytes" in record.getMessage()
 
 
-async def test_direct_write_setting_chooses_the_write_path(
-    running_server: StartServer, ws_client: WsConnect
-) -> None:
-    for direct in (True, False):
-        running = await running_server(websocket__direct_write=direct)
-        client = await ws_client(running)
-        await client.subscribe(["t"])
-        (conn,) = running.server.connections.values()
-        sock = conn.transport.get_extra_info("socket")
-        assert conn.sub.fd == (sock.fileno() if direct else -1)
-        for i in range(50):
-            await running.server.publish("t", {"i": i})
-        assert [(await client.recv())["payload"]["i"] for _ in range(50)] == list(range(50))
-
-
 async def test_partial_writes_lose_and_reorder_nothing(running_server: StartServer) -> None:
     # A client that reads in small sips while messages of every frame-length
     # class pour in: the kernel takes part of a write, the rest waits in the
