@@ -12,9 +12,18 @@
  * latency in a log-scale histogram (about 1% wide buckets) and counts gaps
  * in n per connection (loss).
  *
- * It can also be the publisher (--pub ws|http): one more connection, in the
- * same loop, that publishes at a target rate with at most --window messages
- * outstanding, stamping t, n and s into each payload:
+ * With an independent publisher (bench/publisher, its own process: the
+ * default of bench/run.py) the client only subscribes; the commands "begin"
+ * and "end" below frame each step. That publisher also stamps "c":<its
+ * connection>, and "n" counts per publisher connection, so gaps are tracked
+ * per (subscriber, publisher connection): messages of different publisher
+ * connections may arrive in any order without counting as loss.
+ *
+ * The old in-loop publisher (--pub ws|http) is kept for comparison (the
+ * "batched publisher, in the subscribers' loop" rows of bench/run.py): one
+ * more connection, in the same loop, that publishes at a target rate with at
+ * most --window messages outstanding, sending every message due in one write
+ * (so its bursts grow when the loop is busy), stamping t, n and s:
  *   ws    {"action":"publish","id":"<n>","payload":{"type":"bench","payload":{...}}}
  *         one text frame per message, acknowledged by one reply frame each
  *         ("error" in the reply counts as refused);
@@ -39,6 +48,17 @@
  *                publish RATE/s for SECS with SIZE-byte payloads; wait at most
  *                GRACE s after the last publish for the deliveries; stop
  *                publishing early when a delivery is ABORT_MS late (overload)
+ *                (the in-loop publisher)
+ *       begin STEP ABORT_MS PUBPID K
+ *                an independent publisher's step STEP begins: reset the
+ *                counters, count only frames stamped "s":STEP, track "n" per
+ *                (subscriber, "c" < K); send SIGUSR1 to PUBPID once when a
+ *                delivery is ABORT_MS late (the publisher stops early)
+ *       end PUBLISHED GRACE [RATE SECS SIZE]
+ *                the publisher is done and PUBLISHED messages were acked: wait
+ *                at most GRACE s for PUBLISHED x subscribers deliveries, then
+ *                print the step (with the latency histogram, sparse, so that
+ *                bench/run.py can merge several client processes)
  *       quiet MS MAXSECS   wait until no data frame came for MS ms
  *       status             connection counts
  *       quit
@@ -117,6 +137,13 @@ static long long last_data_ns;
 static long long late_ns_abort; /* abort publishing when a delivery is this late */
 static int late_seen;
 static int check_step = 1; /* ignore data frames of other steps */
+/* an independent publisher (bench/publisher, --conns K) stamps "c":<connection>; gaps in "n"
+ * are tracked per (subscriber, publisher connection) in lastn[sub * npubc + c] */
+static int npubc = 1;
+static int32_t *lastn;
+static long long bad_c, min_t_seen;
+static pid_t abort_pid; /* sent SIGUSR1 once when a delivery is ABORT_MS late */
+static int abort_sent;
 
 /* publisher state */
 static long long pub_sent, pub_acked, pub_refused, pub_target, pub_first_ns, pub_last_ns;
@@ -188,6 +215,8 @@ static int find_after(const unsigned char *p, size_t n, const unsigned char *fro
 
 static void queue_out(conn_t *c, const unsigned char *d, size_t n);
 static void handle_events(int timeout_ms);
+static void print_step(double rate, double secs, int size, int subs, int closed_before, long long published,
+                       long long start, double cpu0, int aborted);
 static double socket_ceiling(int n, int size, double secs, int sender_cpu, int client_cpu, int per_frame);
 
 static void flush_out(conn_t *c) {
@@ -247,13 +276,27 @@ static void on_data(conn_t *c, const unsigned char *pl, size_t n, long long now)
     if (!find_num(pl, n, "\"t\":", 4, &t, &q)) { other_frames++; return; }
     int has_n = find_after(pl, n, q, "\"n\":", &num, &q);
     if (check_step && (!find_after(pl, n, q, "\"s\":", &s, &q) || s != step_id)) { stale_frames++; return; }
+    long long ci = 0;
+    if (npubc > 1 && !find_after(pl, n, q, "\"c\":", &ci, &q)) ci = 0;
     long long lat = now - t;
+    if (!min_t_seen || t < min_t_seen) min_t_seen = t;
     hist[bucket(lat)]++;
     hist_count++;
     hist_sum += lat;
     if (lat > hist_max) hist_max = lat;
-    if (late_ns_abort && lat > late_ns_abort) late_seen = 1;
-    if (has_n) {
+    if (late_ns_abort && lat > late_ns_abort) {
+        late_seen = 1;
+        if (abort_pid > 0 && !abort_sent) { abort_sent = 1; kill(abort_pid, SIGUSR1); }
+    }
+    if (has_n && npubc > 1 && lastn && c >= conns && c < conns + nconns) {
+        if (ci < 0 || ci >= npubc) bad_c++;
+        else {
+            int32_t *ln = &lastn[(size_t)(c - conns) * npubc + ci];
+            if (num > *ln + 1) c->lost += num - *ln - 1;
+            if (num <= *ln) c->disorder++;
+            else *ln = (int32_t)num;
+        }
+    } else if (has_n) {
         if (num > c->last_n + 1) c->lost += num - c->last_n - 1;
         if (num <= c->last_n) c->disorder++;
         else c->last_n = num;
@@ -726,6 +769,9 @@ static int count_open(void) {
 
 static void reset_step(void) {
     step_id++;
+    bad_c = min_t_seen = 0;
+    abort_sent = 0;
+    if (lastn) memset(lastn, 0xff, (size_t)nconns * npubc * sizeof *lastn); /* -1 */
     memset(hist, 0, sizeof hist);
     hist_count = hist_max = hist_sum = 0;
     data_frames = stale_frames = other_frames = 0;
@@ -779,6 +825,13 @@ static void run_step(double rate, double secs, int size, double grace, double ab
         }
         handle_events(to);
     }
+    print_step(rate, secs, size, subs, closed_before, pub_mode ? pub_acked : (expect_per_conn > 0 ? expect_per_conn : 0),
+               start, cpu0, aborted);
+}
+
+/* one JSON line for the step that just ended; published = messages the publisher had acknowledged */
+static void print_step(double rate, double secs, int size, int subs, int closed_before, long long published,
+                       long long start, double cpu0, int aborted) {
     long long end = now_ns();
     double cpu = cpu_seconds() - cpu0;
     long long lost = 0, disorder = 0, minr = -1, maxr = 0;
@@ -791,29 +844,72 @@ static void run_step(double rate, double secs, int size, double grace, double ab
         }
     }
     if (minr < 0) minr = 0;
-    long long published = pub_mode ? pub_acked : (expect_per_conn > 0 ? expect_per_conn : 0);
     long long expected = published * subs;
     double pub_secs = pub_last_ns > pub_first_ns ? (pub_last_ns - pub_first_ns) / 1e9 : 0;
-    /* delivery window: first publish to last delivery */
-    long long w0 = pub_first_ns ? pub_first_ns : first_recv_ns;
+    /* delivery window: first publish (or the earliest publish stamp received) to last delivery */
+    long long w0 = pub_first_ns ? pub_first_ns : min_t_seen ? min_t_seen : first_recv_ns;
     double del_secs = last_recv_ns > w0 ? (last_recv_ns - w0) / 1e9 : 0;
     printf("{\"event\": \"step\", \"step\": %lld, \"rate\": %.3f, \"seconds\": %.3f, \"size\": %d, "
-           "\"subscribers\": %d, \"sent\": %lld, \"published\": %lld, \"refused\": %lld, \"publish_rate\": %.1f, "
-           "\"http_batches\": %lld, \"aborted\": %s, "
-           "\"expected\": %lld, \"received\": %lld, \"delivered_fraction\": %.5f, \"lost\": %lld, \"disorder\": %lld, "
+           "\"subscribers\": %d, \"publisher_conns\": %d, \"sent\": %lld, \"published\": %lld, \"refused\": %lld, "
+           "\"publish_rate\": %.1f, \"http_batches\": %lld, \"aborted\": %s, "
+           "\"expected\": %lld, \"received\": %lld, \"delivered_fraction\": %.5f, \"missing\": %lld, "
+           "\"gaps\": %lld, \"lost\": %lld, \"disorder\": %lld, \"bad_c\": %lld, "
            "\"stale\": %lld, \"other_frames\": %lld, \"closed\": %d, \"min_per_conn\": %lld, \"max_per_conn\": %lld, "
            "\"delivery_seconds\": %.3f, \"delivered_per_second\": %.0f, \"elapsed\": %.3f, "
            "\"client_cpu\": %.3f, \"client_cpu_fraction\": %.3f, "
            "\"latency_ms\": {\"count\": %lld, \"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
-           "\"p999\": %.3f, \"max\": %.3f}}\n",
-           step_id, rate, secs, size, subs, pub_sent, published, pub_refused,
+           "\"p999\": %.3f, \"max\": %.3f}, \"hist_max_ns\": %lld, \"hist_sum_ns\": %lld, \"hist\": [",
+           step_id, rate, secs, size, subs, npubc, pub_sent, published, pub_refused,
            pub_secs > 0 ? (pub_sent - 1) / pub_secs : (double)pub_sent, http_batches, aborted ? "true" : "false",
-           expected, data_frames, expected ? (double)data_frames / expected : 0.0, lost, disorder, stale_frames,
+           expected, data_frames, expected ? (double)data_frames / expected : 0.0,
+           expected > data_frames ? expected - data_frames : 0, lost, lost, disorder, bad_c, stale_frames,
            other_frames, closed_open - closed_before, minr, maxr, del_secs,
            del_secs > 0 ? data_frames / del_secs : 0.0, (end - start) / 1e9, cpu, cpu / ((end - start) / 1e9),
            hist_count, hist_count ? hist_sum / (double)hist_count / 1e6 : 0.0, percentile(0.5) / 1e6,
-           percentile(0.9) / 1e6, percentile(0.99) / 1e6, percentile(0.999) / 1e6, hist_max / 1e6);
+           percentile(0.9) / 1e6, percentile(0.99) / 1e6, percentile(0.999) / 1e6, hist_max / 1e6,
+           hist_max, hist_sum);
+    /* the histogram, sparse ([bucket, count] ...), so that several client processes can be merged */
+    int first = 1;
+    for (int i = 0; i < HIST; i++)
+        if (hist[i]) { printf("%s[%d,%lld]", first ? "" : ",", i, hist[i]); first = 0; }
+    printf("]}\n");
     fflush(stdout);
+}
+
+/* an independent publisher: "begin" resets the counters for its step, "end" waits for the deliveries */
+static long long ext_start;
+static double ext_cpu0;
+static int ext_subs, ext_closed_before;
+static double ext_abort_ms;
+
+static void begin_step(long long sid, double abort_ms, long long pid, int k) {
+    if (k < 1) k = 1;
+    if (k != npubc || !lastn) {
+        npubc = k;
+        free(lastn);
+        lastn = malloc((size_t)nconns * npubc * sizeof *lastn + 1);
+    }
+    reset_step();
+    step_id = sid; /* the publisher stamps the same "s" */
+    check_step = 1;
+    late_ns_abort = abort_ms > 0 ? (long long)(abort_ms * 1e6) : 0;
+    ext_abort_ms = abort_ms;
+    abort_pid = (pid_t)pid;
+    ext_subs = count_open();
+    ext_closed_before = closed_open;
+    ext_cpu0 = cpu_seconds();
+    ext_start = now_ns();
+    printf("{\"event\": \"begun\", \"step\": %lld, \"subscribers\": %d, \"publisher_conns\": %d}\n", sid, ext_subs,
+           npubc);
+    fflush(stdout);
+}
+
+static void end_step(long long published, double grace, double rate, double secs, int size) {
+    long long until = now_ns() + (long long)(grace * 1e9);
+    long long expected = published * (long long)ext_subs;
+    while (data_frames < expected && now_ns() < until) handle_events(5);
+    abort_pid = 0;
+    print_step(rate, secs, size, ext_subs, ext_closed_before, published, ext_start, ext_cpu0, late_seen);
 }
 
 static void wait_quiet(double ms, double maxsecs) {
@@ -964,7 +1060,11 @@ int main(int argc, char **argv) {
             *nl = 0;
             double a1 = 0, a2 = 0, a4 = 0, a5 = 0;
             int a3 = 0;
+            long long b1 = 0, b3 = 0;
+            int b4 = 1;
             if (sscanf(line, "step %lf %lf %d %lf %lf", &a1, &a2, &a3, &a4, &a5) >= 3) run_step(a1, a2, a3, a4, a5, 0);
+            else if (sscanf(line, "begin %lld %lf %lld %d", &b1, &a1, &b3, &b4) >= 1) begin_step(b1, a1, b3, b4);
+            else if (sscanf(line, "end %lld %lf %lf %lf %d", &b1, &a1, &a2, &a4, &a3) >= 2) end_step(b1, a1, a2, a4, a3);
             else if (sscanf(line, "quiet %lf %lf", &a1, &a2) == 2) wait_quiet(a1, a2);
             else if (!strncmp(line, "status", 6)) print_status("status", 0);
             else if (!strncmp(line, "quit", 4)) { print_status("bye", 0); return 0; }

@@ -113,6 +113,14 @@ def main() -> int:
                     print("bench/profile.py: the server did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
+        # the port came from the OS: check that what answers is the server started here
+        sys.path.insert(0, str(BENCH))
+        from run import port_owner
+
+        owner, why = port_owner(port, srv.pid)
+        if owner is None:
+            print(f"bench/profile.py: {why}", file=sys.stderr)
+            return 1
         run_for = args.seconds + 6 + args.n / 2000
         cli = subprocess.Popen(
             ["taskset", "-c", "1", str(client), "-p", str(port), "-P", "/ws/realtime", "-n", str(args.n),
