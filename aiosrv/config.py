@@ -251,11 +251,16 @@ FIELDS: tuple[FieldSpec, ...] = (
        "Whether /metrics serves the Prometheus text format."),
     # broadcast
     _f("broadcast.batch_size", "int", 100, "BROADCAST_BATCH_SIZE", LIVE,
-       "Most messages fanned out per loop iteration; under load, a flush waits for this many.",
+       "Most messages fanned out per loop iteration before the loop serves other work.",
        minimum=1, maximum=100000),
     _f("broadcast.flush_interval", "duration", 0.05, "BROADCAST_FLUSH_INTERVAL", LIVE,
-       "Under load, the longest a queued frame waits for its flush (idle: no wait).",
+       "The longest a message waits for its flush while flushes are paced (light load: "
+       "no wait).",
        minimum=0, maximum=10),
+    _f("broadcast.write_share", "float", 0.5, "BROADCAST_WRITE_SHARE", LIVE,
+       "Share of the loop's time writing to subscribers may take while messages keep "
+       "coming; beyond it flushes are spaced and each carries more messages.",
+       minimum=0.05, maximum=1.0),
     _f("broadcast.queue_limit", "int", 10000, ("QUEUE_LIMIT", "MAX_QUEUE_SIZE"), LIVE,
        "Most messages waiting for fan-out; publishes beyond it get queue_full.", minimum=1),
     # history
@@ -372,6 +377,7 @@ class MonitoringConfig:
 class BroadcastConfig:
     batch_size: int = _default("broadcast.batch_size")
     flush_interval: float = _default("broadcast.flush_interval")
+    write_share: float = _default("broadcast.write_share")
     queue_limit: int = _default("broadcast.queue_limit")
 
 

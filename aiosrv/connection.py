@@ -20,6 +20,12 @@ included, goes through the fan-out core's per-connection buffer (or, once
 fan-out to it has stopped, straight to the transport after everything queued
 before it), so replies and data reach a client in the order they were queued
 and the send-buffer limit covers everything.
+
+Ending: nothing a client sent is lost. When its input ends (its close frame, a
+framing error, or its side of the TCP connection closed) while requests it sent
+before are still waiting (a publish, a recovery, a history call), the close
+waits behind them, in order; reading stops there, and :data:`CLOSE_TIMEOUT`
+bounds the wait.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import secrets
 import time
 import zlib
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -75,6 +82,17 @@ def new_connection_id() -> str:
     return secrets.token_hex(6)
 
 
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """The end of a client's input (its close frame, a framing error, or its
+    FIN), waiting behind the requests it sent before it."""
+
+    frame: bytes  # the close frame to send (an echo of the client's, or ours)
+    code: int
+    reason: str
+    failed: bool = False  # the client broke the protocol: logged as a warning
+
+
 def _needs_await(req: protocol.Request) -> bool:
     return isinstance(req, (protocol.History, protocol.Publish)) or (
         isinstance(req, protocol.Subscribe) and bool(req.since)
@@ -87,8 +105,10 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_close_sent",
         "_close_timer",
+        "_eof",
         "_inflate_reset",
         "_inflater",
+        "_input_ended",
         "_waiting",
         "_worker",
         "close_code",
@@ -128,10 +148,13 @@ class Connection(asyncio.Protocol):
         # decompression of the client's messages, made on its first compressed one
         self._inflater: Any = None
         self._inflate_reset = deflate is not None and deflate.client_no_context_takeover
-        self._waiting: deque[protocol.Request] | None = None
+        # requests (and errors to send, and a close) waiting behind one that awaits
+        self._waiting: deque[protocol.Request | ClientError | _Close] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_sent = False
+        self._input_ended = False  # the client's close frame came, or its framing failed
+        self._eof = False  # the client closed its side of the TCP connection
         # permessage-deflate at the full window: this client takes the hub's
         # shared compressed frames
         shared = deflate is not None and deflate.shared
@@ -141,15 +164,15 @@ class Connection(asyncio.Protocol):
     # -- sending -------------------------------------------------------------
 
     def send_json(self, data: bytes) -> None:
-        """Queue one encoded JSON message to this client, flushed this iteration."""
+        """Queue one encoded JSON message to this client, written this iteration."""
         self._send(encode_frame(data))
 
     def _send(self, frame: bytes) -> None:
-        # Flush at the end of this iteration whether or not the frame was
+        # Written at the end of this iteration whether or not the frame was
         # queued: a frame refused because it passed the send-buffer limit made
-        # the core give up on this client, and the flush closes it (1013).
+        # the core give up on this client, and that closes it (1013).
         self.server.core.send(self.sub, frame)
-        self.server.hub.flush_soon()
+        self.server.hub.write_soon(self.sub)
 
     def send_error(self, error: ClientError) -> None:
         self.server.stats.count_error(error.code)
@@ -159,6 +182,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.sub.last_seen = self.server.loop.time()
+        if self._input_ended and not self._close_sent:
+            return  # nothing after the client's close frame (or its error) counts
         try:
             for opcode, payload, compressed in self.reader.feed(data):
                 if self._close_sent:
@@ -168,6 +193,8 @@ class Connection(asyncio.Protocol):
                         return
                     continue
                 self._on_message(opcode, payload, compressed)
+                if self._input_ended:
+                    return
             error = self.reader.error
             if error is not None and not self._close_sent:
                 self._fail(error.code, error.reason)
@@ -178,8 +205,13 @@ class Connection(asyncio.Protocol):
             self._fail(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
 
     def eof_received(self) -> bool:
-        # the client closed its side (after our close frame, or without one):
-        # nothing more will come, so the transport closes
+        # The client closed its side (after our close frame, or without one).
+        # Requests it sent before still get answered: keep the socket open for
+        # writing until they are; otherwise the transport closes now.
+        if self._waiting is not None and not self._close_sent and not self._input_ended:
+            self._eof = True
+            self._end_input(_Close(encode_close(CloseCode.NORMAL), 1006, "client closed TCP"))
+            return True
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -253,8 +285,7 @@ class Connection(asyncio.Protocol):
         if len(payload) == 1:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
         if not payload:
-            self._note_close(1005, "client closed")
-            self._reply_close(b"")
+            self._end_input(_Close(encode_frame(b"", OP_CLOSE), 1005, "client closed"))
             return
         code = int.from_bytes(payload[:2], "big")
         if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
@@ -263,8 +294,9 @@ class Connection(asyncio.Protocol):
             reason = payload[2:].decode("utf-8")
         except UnicodeDecodeError:
             raise FrameError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from None
-        self._note_close(code, f"client closed: {reason}")
-        self._reply_close(payload[:2])
+        self._end_input(
+            _Close(encode_frame(payload[:2], OP_CLOSE), code, f"client closed: {reason}")
+        )
 
     def _on_text(self, text: str) -> None:
         try:
@@ -299,7 +331,17 @@ class Connection(asyncio.Protocol):
         try:
             while waiting:
                 item = waiting.popleft()
-                if len(waiting) == MAX_WAITING_REQUESTS - 1 and not self.closing:
+                if isinstance(item, _Close):
+                    # everything the client sent before its close is answered
+                    self._waiting = None
+                    self._worker = None
+                    self._finish_input(item)
+                    return
+                if (
+                    len(waiting) == MAX_WAITING_REQUESTS - 1
+                    and not self.closing
+                    and not self._input_ended
+                ):
                     self.transport.resume_reading()
                 if isinstance(item, ClientError):
                     self.send_error(item)
@@ -439,25 +481,44 @@ class Connection(asyncio.Protocol):
 
     def close_soon(self, code: int, reason: str, *, drop_pending: bool = False) -> None:
         """Close this client from outside (overflow, heartbeat, shutdown):
-        frames already queued for it first, unless ``drop_pending``, then the
-        close frame (see :meth:`_send_close`)."""
+        requests it sent that are still waiting are answered and frames
+        already queued for it are sent first, unless ``drop_pending`` (then it
+        closes at once and what was queued is dropped); then the close frame
+        (see :meth:`_send_close`)."""
         if self.closing:
             return
-        self._note_close(code, reason)
-        self._send_close(encode_close(code, reason), flush=not drop_pending)
+        if drop_pending:
+            self._note_close(code, reason)
+            self._send_close(encode_close(code, reason), flush=False)
+        else:
+            self._end_input(_Close(encode_close(code, reason), code, reason))
 
     def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455 section 7.1.7) for what the client sent."""
+        """Fail the connection (RFC 6455 section 7.1.7) for what the client sent,
+        after answering what it sent before."""
+        self._end_input(_Close(encode_close(code, reason), code, reason, failed=True))
+
+    def _end_input(self, close: _Close) -> None:
+        """The client's input ended: close once the requests before it are answered."""
+        if self.closing or self._input_ended:
+            return
+        self._input_ended = True
+        if self._waiting is None:
+            self._finish_input(close)
+            return
+        self._waiting.append(close)
+        if not self._eof:
+            self.transport.pause_reading()
+        # bounded: a request stuck in the broker must not keep the socket forever
+        self._close_timer = self.server.loop.call_later(CLOSE_TIMEOUT, self._finish_input, close)
+
+    def _finish_input(self, close: _Close) -> None:
         if self.closing:
             return
-        log.warning("Client %s: closing with %d: %s", self.id, code, reason)
-        self._note_close(code, reason)
-        self._send_close(encode_close(code, reason), flush=True)
-
-    def _reply_close(self, code: bytes) -> None:
-        """Answer the client's close frame, echoing its code."""
-        if not self.closing:
-            self._send_close(encode_frame(code, OP_CLOSE), flush=True)
+        if close.failed:
+            log.warning("Client %s: closing with %d: %s", self.id, close.code, close.reason)
+        self._note_close(close.code, close.reason)
+        self._send_close(close.frame, flush=True)
 
     def _send_close(self, frame: bytes, flush: bool) -> None:
         """Write the close frame after everything queued for this client, then
@@ -471,21 +532,27 @@ class Connection(asyncio.Protocol):
         """
         self.closing = True
         self._close_sent = True
-        if flush and not self.sub.closed:
-            self.server.hub.flush()
+        if flush:
+            self.server.core.write(self.sub)  # what is queued for it goes first
         # the connection stops counting as open and fan-out to it stops here
         self.server.unregister(self)
         self.server.closing_connections.add(self)
         if self._worker is not None:
             self._worker.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         transport = self.transport
         self._close_timer = self.server.loop.call_later(CLOSE_TIMEOUT, self._abort)
         try:
             transport.write(frame)
-            if transport.can_write_eof():
+            if self._eof:
+                transport.close()  # the client closed its side already
+            elif transport.can_write_eof():
                 transport.write_eof()
             else:  # pragma: no cover - TCP transports can
                 transport.close()
+            if self._input_ended and not self._eof:
+                transport.resume_reading()  # for the client's FIN
         except Exception:  # the socket is already gone
             transport.abort()
 

@@ -86,7 +86,6 @@ class Heartbeat:
         if server.draining:
             return
         core = server.core
-        pings = core.pings
         for sub in core.heartbeat(now, PING_FRAME):
             conn = sub.owner
             if conn is None or conn.closing:
@@ -99,9 +98,6 @@ class Heartbeat:
                 conn.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
             except Exception:  # one broken connection must not spare the others
                 log.exception("Client %s: closing after heartbeat timeout failed", conn.id)
-        if core.pings != pings:
-            server.hub.flush()
-        else:
-            # a ping that overflowed a slow consumer queued nothing, but the
-            # consumer must still be closed
-            server.hub.close_given_up()
+        # Pings ride the next flush, paced with the data. A ping that overflowed
+        # a slow consumer queued nothing, but the consumer must still be closed.
+        server.hub.schedule_flush()

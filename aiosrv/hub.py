@@ -4,13 +4,19 @@ Publications arrive from the broker (``_on_publication``) into the broadcast
 queue; the hub drains it on the event loop, frames each message once, lets the
 core queue it to every receiver, and decides when to flush.
 
-Flushing is adaptive. While fewer than ``batch_size`` messages were fanned out
-during the last ``flush_interval`` (2,000 messages/s with the defaults) the
-hub flushes as soon as the queue is drained, in the same loop iteration the
-message arrived in: no added latency. Above that rate it is under load, and
-frames accumulate until ``batch_size`` messages are pending or the oldest has
-waited ``flush_interval``, whichever comes first, so the number of system calls
-per connection stays bounded however fast messages come.
+Flushing is paced by what it costs (:mod:`aiosrv.pacing`). The hub times every
+flush; while flushing takes less than ``write_share`` of the loop's time it
+flushes as soon as a message is fanned out, in the loop iteration the message
+arrived in: no added latency. When writing would take more, the next flush
+waits until that share is kept (at most ``flush_interval``), and carries every
+message fanned out meanwhile in one write per connection: the number of system
+calls stays bounded by the time available, whatever the number of messages or
+receivers, and batching grows exactly as much as the load needs.
+
+Replies to one client (acks, pongs, errors, history) do not wait for the next
+flush and do not flush anyone else: :meth:`Hub.write_soon` writes that one
+connection at the end of the loop iteration, with whatever data is pending for
+it, in order.
 
 Queue policy when full (``queue_limit`` publications waiting): local publishers
 (HTTP, WebSocket ``publish``, the Python API) are refused with ``queue_full``
@@ -29,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +47,7 @@ import orjson
 from .broker import Broker, Publication
 from .errors import BrokerUnavailable, QueueFull
 from .fanout import OP_TEXT, FanOut, Subscriber, encode_frame
+from .pacing import FlushPacer, PacerSettings
 from .protocol import check_key, check_type
 
 log = logging.getLogger("aiosrv.hub")
@@ -48,10 +56,14 @@ log = logging.getLogger("aiosrv.hub")
 RECOVERY_WAIT = 1.0
 
 
+Clock = Callable[[], float]
+
+
 @dataclass(slots=True)
 class HubSettings:
-    batch_size: int = 100
-    flush_interval: float = 0.05
+    batch_size: int = 100  # most publications fanned out per loop iteration
+    flush_interval: float = 0.05  # longest wait of a paced flush
+    write_share: float = 0.5  # share of the time flushing may take under load
     queue_limit: int = 10000
     history_size: int = 50
     # websocket.compression: whether new connections may negotiate
@@ -70,30 +82,36 @@ class Hub:
         broker: Broker,
         settings: HubSettings,
         loop: asyncio.AbstractEventLoop | None = None,
+        clock: Clock = time.monotonic,
+        cpu_clock: Clock = time.thread_time,
     ) -> None:
         self.core = core
         self.broker = broker
         self.settings = settings
         self._loop = loop
+        # Times flushes: a real clock, not the loop's (uvloop's time() is the
+        # iteration's start, the same before and after a flush).
+        self._clock = clock
+        # the thread's CPU time: how busy the loop is besides flushing
+        self._cpu_clock = cpu_clock
+        self.pacer = FlushPacer(_pacer_settings(settings), clock())
         self.queue: deque[Publication] = deque()
         self._drain_handle: asyncio.Handle | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flush_soon_handle: asyncio.Handle | None = None
+        # connections with a reply to write at the end of this iteration
+        self._prompt: list[Subscriber] = []
+        self._prompt_handle: asyncio.Handle | None = None
         self._recent: dict[str, deque[Publication]] = {}
         self._last_fanned: dict[str, int] = {}
-        # adaptive flush bookkeeping
-        self._unflushed = 0
-        self._first_unflushed = 0.0
-        self._window_start = 0.0
-        self._window_count = 0
-        self._under_load = False
+        self._unflushed = 0  # messages fanned out since the last flush
         # counters (read by stats and metrics)
         self.queue_rejected = 0
         self.queue_dropped = 0
         self.queue_high_water = 0
         self.fanned_out = 0
         self.flushes = 0
-        self.coalesced_flushes = 0
+        self.coalesced_flushes = 0  # flushes that carried more than one message
+        self.prompt_writes = 0  # connections written at once for a reply
         self.compressed = 0
         self.compressed_bytes_in = 0
         self.compressed_bytes_out = 0
@@ -112,6 +130,7 @@ class Hub:
                 self._recent[type_] = deque(ring, maxlen=max(settings.history_size, 1))
             self.broker.set_history_size(settings.history_size)
         self.settings = settings
+        self.pacer.configure(_pacer_settings(settings))
 
     # -- publishing ----------------------------------------------------------
 
@@ -188,22 +207,10 @@ class Hub:
             ring.append(pub)
             last_fanned[pub.type] = pub.seq
         self.fanned_out += n
-        now = self.loop.time()
-        if self._unflushed == 0:
-            self._first_unflushed = now
         self._unflushed += n
-        self._track_load(now, n)
         if queue:
             self._drain_handle = self.loop.call_soon(self._drain)
-        if (
-            not self._under_load
-            or self._unflushed >= self.settings.batch_size
-            or now - self._first_unflushed >= self.settings.flush_interval
-        ):
-            self.flush()
-        elif self._flush_timer is None:
-            delay = self.settings.flush_interval - (now - self._first_unflushed)
-            self._flush_timer = self.loop.call_later(max(delay, 0.0), self.flush)
+        self.schedule_flush()
 
     def _deflate(self, data: bytes) -> bytes:
         """The permessage-deflate frame of a message (RFC 7692 7.2.1): a fresh
@@ -225,37 +232,37 @@ class Hub:
             self._drain()
         self.flush()
 
-    def _track_load(self, now: float, n: int) -> None:
-        interval = self.settings.flush_interval
-        elapsed = now - self._window_start
-        if elapsed >= interval:
-            # A window ended: under load if it held more than batch_size messages,
-            # unless it ended a whole interval ago, so that nothing was fanned out
-            # during the last flush_interval (the first message after a quiet
-            # spell must not wait for the flush timer).
-            self._under_load = (
-                elapsed < 2 * interval and self._window_count > self.settings.batch_size
-            )
-            self._window_start = now
-            self._window_count = 0
-        self._window_count += n
-        if self._window_count > self.settings.batch_size:
-            self._under_load = True
+    def schedule_flush(self) -> None:
+        """Flush now if the pacer allows it, else once its wait is over.
 
-    def flush(self) -> None:
+        Call after queuing frames that may wait for the next flush (fan-out,
+        heartbeat pings)."""
+        if self._flush_timer is not None:
+            return
+        if not self.core.dirty_count:
+            self.close_given_up()  # a frame refused at the limit queued nothing
+            return
+        delay = self.pacer.delay(self._clock())
+        if delay <= 0:
+            self.flush()
+        else:
+            self._flush_timer = self.loop.call_later(delay, self.flush, True)
+
+    def flush(self, paced: bool = False) -> None:
         """Write every connection's pending frames now, and close the ones that
-        overflowed (the server's ``on_overflow`` callback does the closing)."""
+        overflowed (through ``on_overflow``). ``paced``: the pacer's timer."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if self._flush_soon_handle is not None:
-            self._flush_soon_handle.cancel()
-            self._flush_soon_handle = None
-        if self._unflushed:
-            self.coalesced_flushes += self._unflushed > 1
-            self._unflushed = 0
-        self.flushes += 1
+        clock = self._clock
+        cpu_clock = self._cpu_clock
+        start = clock()
+        cpu_start = cpu_clock()
         self.core.flush()
+        self.pacer.record(start, clock(), cpu_start, cpu_clock(), paced)
+        self.flushes += 1
+        self.coalesced_flushes += self._unflushed > 1
+        self._unflushed = 0
         self.close_given_up()
 
     def close_given_up(self) -> None:
@@ -266,10 +273,25 @@ class Hub:
         if to_close:
             self.on_overflow(to_close)
 
-    def flush_soon(self) -> None:
-        """Flush at the end of this loop iteration (replies to one client)."""
-        if self._flush_soon_handle is None:
-            self._flush_soon_handle = self.loop.call_soon(self.flush)
+    def write_soon(self, sub: Subscriber) -> None:
+        """Write this connection at the end of the loop iteration (a reply
+        queued with ``core.send``): its pending frames, data before the reply,
+        without flushing anyone else."""
+        self._prompt.append(sub)
+        if self._prompt_handle is None:
+            self._prompt_handle = self.loop.call_soon(self._write_prompt)
+
+    def _write_prompt(self) -> None:
+        self._prompt_handle = None
+        subs = self._prompt
+        self._prompt = []
+        core = self.core
+        clock = self._clock
+        start = clock()
+        for sub in subs:
+            self.prompt_writes += core.write(sub)
+        self.pacer.charge(start, clock())
+        self.close_given_up()
 
     def on_overflow(self, subs: list[Subscriber]) -> None:
         """Replaced by the server: close these connections (1013 when overflowed)."""
@@ -329,6 +351,7 @@ class Hub:
     # -- introspection ---------------------------------------------------------
 
     def queue_stats(self) -> dict[str, Any]:
+        pacer = self.pacer
         return {
             "depth": len(self.queue),
             "limit": self.settings.queue_limit,
@@ -337,10 +360,19 @@ class Hub:
             "dropped": self.queue_dropped,
             "batch_size": self.settings.batch_size,
             "flush_interval": self.settings.flush_interval,
-            "under_load": self._under_load,
+            "write_share": self.settings.write_share,
+            "write_share_now": round(pacer.share, 3),
+            "other_load": round(pacer.other_load, 3),
             "fanned_out": self.fanned_out,
             "flushes": self.flushes,
             "coalesced_flushes": self.coalesced_flushes,
+            "paced_flushes": pacer.paced,
+            "prompt_writes": self.prompt_writes,
+            "flush_ms": round(pacer.cost_ewma * 1000, 3),
+            "last_flush_ms": round(pacer.last_cost * 1000, 3),
+            "seconds_writing": round(pacer.seconds_writing, 3),
+            "flush_credit_ms": round(pacer.credit(self._clock()) * 1000, 3),
+            "flush_pending": self._flush_timer is not None,
             "compression": self.settings.compression,
             "compression_threshold": self.settings.compression_threshold,
             "compression_level": self.settings.compression_level,
@@ -351,3 +383,10 @@ class Hub:
             "compressed_bytes_saved": self.compressed_bytes_in - self.compressed_bytes_out,
             "policy": "refuse local publishes with queue_full; drop remote arrivals (counted)",
         }
+
+
+def _pacer_settings(settings: HubSettings) -> PacerSettings:
+    return PacerSettings(
+        max_share=settings.write_share,
+        max_wait=settings.flush_interval,
+    )

@@ -38,6 +38,7 @@ def hub_settings(config: Config) -> HubSettings:
     return HubSettings(
         batch_size=config.broadcast.batch_size,
         flush_interval=config.broadcast.flush_interval,
+        write_share=config.broadcast.write_share,
         queue_limit=config.broadcast.queue_limit,
         history_size=config.history.size,
         compression=config.websocket.compression,

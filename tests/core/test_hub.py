@@ -15,17 +15,43 @@ from aiosrv.hub import Hub, HubSettings
 from tests.core.conftest import FakeTransport, decode_frames
 
 
-def make_hub(impl, **settings):
+class FakeClock:
+    """A clock the test moves: the hub times flushes with it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CostlyTransport(FakeTransport):
+    """A FakeTransport whose every write takes ``cost`` seconds on ``clock``."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.cost = cost
+
+    def write(self, data: bytes) -> None:
+        self.clock.now += self.cost
+        super().write(data)
+
+
+def make_hub(impl, clock=None, **settings):
     hs = HubSettings(**settings)
     broker = MemoryBroker(hs.history_size)
     core = impl.FanOut()
-    hub = Hub(core, broker, hs)
+    if clock is None:
+        hub = Hub(core, broker, hs)
+    else:
+        hub = Hub(core, broker, hs, clock=clock, cpu_clock=clock)
     return hub, broker, core
 
 
-def connect(impl, core, conn_id, subscriptions, limit=1 << 20):
+def connect(impl, core, conn_id, subscriptions, limit=1 << 20, transport=None):
     """A subscriber on a fake transport; ``subscriptions`` maps type -> keys or None."""
-    sub = impl.Subscriber(conn_id, FakeTransport(), limit)
+    sub = impl.Subscriber(conn_id, transport or FakeTransport(), limit)
     core.add(sub)
     for type_, keys in subscriptions.items():
         core.subscribe(sub, type_, keys)
@@ -149,7 +175,15 @@ async def test_invalid_type_and_key_are_refused_before_storing(impl):
     assert broker.latest_seq("error") == 0
 
 
-# -- adaptive flush ---------------------------------------------------------------------
+# -- flushes paced by their cost ------------------------------------------------------
+
+
+async def wait_for(predicate, timeout=2.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
 
 
 async def test_low_rate_flushes_in_the_same_iteration(impl):
@@ -160,98 +194,113 @@ async def test_low_rate_flushes_in_the_same_iteration(impl):
         await asyncio.sleep(0)
         assert seqs(s) == list(range(1, i + 1))
     assert len(s.transport.writes) == 5  # one write per message: no batching delay
-    assert hub.queue_stats()["under_load"] is False
+    assert hub.queue_stats()["paced_flushes"] == 0
     assert core.pending_bytes_total() == 0
 
 
-async def test_burst_is_fanned_out_in_batches_and_coalesced(impl):
-    hub, _, core = make_hub(impl, batch_size=100, flush_interval=0.05)
-    s = connect(impl, core, "s", {"t": None})
+async def test_a_costly_flush_paces_the_next_and_it_carries_what_came_meanwhile(impl):
+    clock = FakeClock()
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
+    subs = [
+        connect(impl, core, f"s{i}", {"t": None}, transport=CostlyTransport(clock, 0.002))
+        for i in range(5)
+    ]  # a flush writes five connections: 10 ms
+    await hub.publish("t", 0)
+    await asyncio.sleep(0)
+    assert [seqs(s) for s in subs] == [[1]] * 5  # written at once
+    assert hub.pacer.last_cost == pytest.approx(0.010)
+    # a flush costs more than the credit left: the next waits off its debt
+    # (10 ms at write_share 0.5, less the 1 ms of credit a fresh hub has)
+    for i in range(1, 4):
+        await hub.publish("t", i)
+        await asyncio.sleep(0)
+    assert [seqs(s) for s in subs] == [[1]] * 5
+    stats = hub.queue_stats()
+    assert stats["flush_pending"] is True
+    assert stats["flush_credit_ms"] == pytest.approx(-9.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await wait_for(lambda: seqs(subs[-1]) == [1, 2, 3, 4])
+    assert loop.time() - started >= 0.008  # held back, not written at once
+    # one write per connection carried the three messages
+    assert all(len(s.transport.writes) == 2 for s in subs)
+    assert hub.queue_stats()["paced_flushes"] == 1
+    assert hub.coalesced_flushes == 1
+
+
+async def test_a_burst_is_fanned_out_in_batches_and_coalesced(impl):
+    clock = FakeClock()
+    hub, _, core = make_hub(impl, clock=clock, batch_size=100, flush_interval=1.0)
+    s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 0.005))
     for i in range(250):
         await hub.publish("t", i)
     assert len(hub.queue) == 250
     await asyncio.sleep(0)
-    # one drain handles batch_size messages and writes them at once
+    # one drain takes batch_size messages, and the credit pays for their write
     assert len(hub.queue) == 150
     assert len(s.transport.writes) == 1
     assert seqs(s) == list(range(1, 101))
-    for _ in range(50):
-        if not hub.queue and core.pending_bytes_total() == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: not hub.queue and core.pending_bytes_total() == 0)
+    # the rest waited off the first write's cost, then went out in one write
     assert seqs(s) == list(range(1, 251))
-    assert len(s.transport.writes) <= 3
-    assert hub.queue_stats()["under_load"] is True
-    assert hub.coalesced_flushes >= 1
+    assert len(s.transport.writes) == 2
+    assert [m["payload"] for m in received(s)] == list(range(250))
 
 
-async def test_under_load_writes_are_coalesced_without_loss(impl):
-    hub, _, core = make_hub(impl, batch_size=10, flush_interval=0.2)
-    a = connect(impl, core, "a", {"t": None})
-    b = connect(impl, core, "b", {"t": ["even"]})
-    for i in range(100):
-        await hub.publish("t", i, key="even" if i % 2 == 0 else "odd")
-        await asyncio.sleep(0)
-    assert hub.queue_stats()["under_load"] is True
-    # wait for the flush timer to hand over what is still pending
-    for _ in range(100):
-        if core.pending_bytes_total() == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert core.pending_bytes_total() == 0
-    assert seqs(a) == list(range(1, 101))
-    assert seqs(b) == list(range(1, 101, 2))
-    assert [m["payload"] for m in received(a)] == list(range(100))
-    # the first batch_size messages go out one by one, then the hub batches
-    assert len(a.transport.writes) < 100
-    assert len(a.transport.writes) <= 30
-    assert len(b.transport.writes) < 50
-
-
-async def test_under_load_pending_frames_are_flushed_by_the_timer(impl):
-    hub, _, core = make_hub(impl, batch_size=5, flush_interval=0.3)
-    s = connect(impl, core, "s", {"t": None})
+async def test_the_wait_is_bounded_by_flush_interval(impl):
+    clock = FakeClock()
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=0.05)
+    s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 10.0))
+    await hub.publish("t", 0)
+    await asyncio.sleep(0)
+    await hub.publish("t", 1)  # owes ten seconds, but waits flush_interval at most
+    await asyncio.sleep(0)
+    assert seqs(s) == [1]
     loop = asyncio.get_running_loop()
-    for i in range(8):
-        await hub.publish("t", i)
-        await asyncio.sleep(0)
-    # 6th message passed batch_size in this window: it and the next wait
-    assert seqs(s) == [1, 2, 3, 4, 5]
-    assert s.pending_frames == 3
     started = loop.time()
-    while s.pending_frames and loop.time() - started < 2.0:
-        await asyncio.sleep(0.01)
-    assert seqs(s) == list(range(1, 9))
-    assert loop.time() - started >= 0.2  # held back by the timer, not flushed at once
-    assert s.pending_frames == 0
+    await wait_for(lambda: seqs(s) == [1, 2])
+    assert 0.03 <= loop.time() - started < 1.0
 
 
-async def test_low_rate_after_load_flushes_at_once(impl):
-    interval = 0.05
-    hub, _, core = make_hub(impl, batch_size=5, flush_interval=interval)
-    s = connect(impl, core, "s", {"t": None})
+async def test_light_load_after_heavy_flushes_at_once_again(impl):
+    clock = FakeClock()
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
+    s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 0.003))
     for i in range(20):
         await hub.publish("t", i)
         await asyncio.sleep(0)
-    assert hub.queue_stats()["under_load"] is True
-    await asyncio.sleep(interval * 4)  # quiet: nothing in the last flush_interval
-    assert seqs(s) == list(range(1, 21))
+    await wait_for(lambda: core.pending_bytes_total() == 0)
+    assert len(s.transport.writes) < 20  # paced
+    clock.now += 1.0  # a quiet second earns the credit back
+    writes = len(s.transport.writes)
     await hub.publish("t", "after")
     await asyncio.sleep(0)
+    assert len(s.transport.writes) == writes + 1
     assert seqs(s) == list(range(1, 22))
-    assert hub.queue_stats()["under_load"] is False
 
 
-async def test_flush_soon_flushes_replies_this_iteration(impl):
-    hub, _, core = make_hub(impl)
-    s = connect(impl, core, "s", {})
-    core.send(s, b"\x81\x02{}")
-    hub.flush_soon()
-    hub.flush_soon()  # once is enough
-    assert s.transport.writes == []
+async def test_write_soon_writes_that_connection_only(impl):
+    clock = FakeClock()
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
+    a = connect(impl, core, "a", {"t": None}, transport=CostlyTransport(clock, 0.004))
+    b = connect(impl, core, "b", {"t": None}, transport=CostlyTransport(clock, 0.004))
+    await hub.publish("t", 0)
     await asyncio.sleep(0)
-    assert s.transport.writes == [b"\x81\x02{}"]
-    assert hub.flushes == 1
+    await hub.publish("t", 1)  # paced: waits for the flush timer
+    await asyncio.sleep(0)
+    assert seqs(a) == seqs(b) == [1]
+    reply = encode_frame(b'{"type":"pong"}')
+    core.send(a, reply)
+    hub.write_soon(a)
+    hub.write_soon(a)  # once is enough
+    assert len(a.transport.writes) == 1
+    await asyncio.sleep(0)
+    # a's pending data, then its reply, in one write; b still waits for the flush
+    assert a.transport.writes[-1] == hub_frame(hub._recent["t"][-1]) + reply
+    assert seqs(b) == [1]
+    assert hub.queue_stats()["prompt_writes"] == 1
+    await wait_for(lambda: seqs(b) == [1, 2])
+    assert len(a.transport.writes) == 2  # the flush found nothing left for a
 
 
 async def test_overflowed_subscribers_are_handed_to_on_overflow(impl):

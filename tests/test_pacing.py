@@ -1,0 +1,189 @@
+"""The flush pacer (aiosrv/pacing.py), sans-I/O: every time is given."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiosrv.pacing import BUSY_TARGET, MIN_BURST, MIN_SHARE, FlushPacer, PacerSettings
+
+_cpu: dict[int, float] = {}  # the simulated thread CPU clock of each pacer
+
+
+def flush(pacer: FlushPacer, start: float, cost: float, other_cpu: float = 0.0) -> float:
+    """Record a flush of ``cost`` seconds at ``start``; the thread's CPU clock
+    reads as if the loop had spent ``other_cpu`` seconds on other work since
+    the previous flush began. Returns the end time."""
+    cpu = _cpu.get(id(pacer), 0.0) + other_cpu
+    pacer.record(start, start + cost, cpu, cpu + cost)
+    _cpu[id(pacer)] = cpu + cost
+    return start + cost
+
+
+def make(max_share: float = 0.5, max_wait: float = 0.05, now: float = 0.0) -> FlushPacer:
+    pacer = FlushPacer(PacerSettings(max_share=max_share, max_wait=max_wait), now)
+    _cpu[id(pacer)] = 0.0
+    return pacer
+
+
+def test_light_load_never_waits() -> None:
+    pacer = make()
+    t = 0.0
+    for _ in range(100):
+        assert pacer.delay(t) == 0.0
+        flush(pacer, t, 0.003)  # 3 ms of writing every 10 ms: 30% of the time
+        t += 0.010
+    assert pacer.paced == 0
+
+
+def rested(max_share: float, cost: float) -> tuple[FlushPacer, float]:
+    """A pacer that has seen flushes of ``cost`` and then a quiet spell: its
+    credit is full (one flush's worth). Returns it and the time."""
+    pacer = make(max_share=max_share)
+    flush(pacer, 0.0, cost)
+    assert pacer.credit(1.0) == pytest.approx(cost)
+    return pacer, 1.0
+
+
+def test_a_flush_right_after_another_waits_off_its_cost_at_half_share() -> None:
+    pacer, t = rested(0.5, 0.004)
+    assert pacer.delay(t) == 0.0
+    end = flush(pacer, t, 0.004)  # paid by the credit
+    assert pacer.delay(end) == 0.0
+    end = flush(pacer, end, 0.004)  # a second one in a row runs into debt
+    # a flush that took 4 ms buys 4 ms of other work at share 0.5
+    assert pacer.delay(end) == pytest.approx(0.004)
+    assert pacer.delay(end + 0.001) == pytest.approx(0.003)
+    assert pacer.delay(end + 0.004) == 0.0
+
+
+def test_the_share_sets_the_wait() -> None:
+    pacer, end = rested(0.6, 0.006)
+    # each 6 ms flush costs 6 ms x (1 - 0.6) / 0.6 = 4 ms of the 6 ms credit
+    end = flush(pacer, end, 0.006)
+    assert pacer.delay(end) == 0.0
+    end = flush(pacer, end, 0.006)
+    assert pacer.delay(end) == pytest.approx(0.002)
+
+
+def test_an_idle_loop_is_kept_below_the_busy_target() -> None:
+    pacer, _ = rested(0.9, 0.006)
+    assert pacer.share == BUSY_TARGET
+
+
+def test_idle_time_earns_at_most_one_flush_of_credit() -> None:
+    pacer = make()
+    end = flush(pacer, 0.0, 0.010)
+    # a long quiet spell earns what one flush costs, not more
+    assert pacer.credit(end + 60.0) == pytest.approx(0.010)
+    end = flush(pacer, end + 60.0, 0.010)
+    assert pacer.delay(end) == 0.0  # the credit paid for that one
+    end = flush(pacer, end, 0.010)
+    assert pacer.delay(end) > 0  # but not for a third in a row
+
+
+def test_credit_before_any_flush_is_small() -> None:
+    pacer = make(now=0.0)
+    assert pacer.credit(100.0) == MIN_BURST
+
+
+def test_the_wait_never_exceeds_max_wait() -> None:
+    pacer = make(max_share=0.1, max_wait=0.02)
+    end = flush(pacer, 0.0, 0.001)
+    end = flush(pacer, end, 0.050)  # a 50 ms flush at share 0.1 owes 450 ms
+    assert pacer.delay(end) == 0.02
+
+
+def test_other_work_lowers_the_share() -> None:
+    pacer = make(max_share=0.5)
+    t = 0.0
+    # each 10 ms window: a 2 ms flush and 5 ms of other work (50% of the time)
+    for _ in range(300):
+        flush(pacer, t, 0.002, other_cpu=0.005)
+        t += 0.010
+    assert pacer.other_load == pytest.approx(0.5, abs=0.01)
+    assert pacer.share == pytest.approx(BUSY_TARGET - 0.5, abs=0.01)
+
+
+def test_an_idle_loop_writes_at_the_most_share_allowed() -> None:
+    pacer = make(max_share=0.6)
+    t = 0.0
+    for _ in range(300):
+        flush(pacer, t, 0.002)
+        t += 0.010
+    assert pacer.share == 0.6
+
+
+def test_a_saturated_loop_keeps_the_least_share() -> None:
+    pacer = make(max_share=0.5)
+    t = 0.0
+    for _ in range(300):
+        flush(pacer, t, 0.001, other_cpu=0.009)
+        t += 0.010
+    assert pacer.share == MIN_SHARE
+
+
+def test_configure_checks_the_share() -> None:
+    pacer = make()
+    with pytest.raises(ValueError, match="max_share"):
+        pacer.configure(PacerSettings(max_share=0.0))
+    pacer.configure(PacerSettings(max_share=0.25, max_wait=0.01))
+    assert pacer.share == 0.25
+    assert pacer.settings.max_wait == 0.01
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    receivers_cost=st.floats(0.0005, 0.040),  # seconds per flush, whatever it carries
+    per_message=st.floats(0.0, 0.0002),  # and per message it carries
+    rate=st.floats(10, 5000),  # messages per second, evenly spaced
+    share=st.floats(0.1, 1.0),
+)
+def test_a_simulated_loop_keeps_the_share_and_the_wait_bound(
+    receivers_cost: float, per_message: float, rate: float, share: float
+) -> None:
+    """Messages arrive evenly; each flush costs a fixed part (one write per
+    receiver) plus a part per message it carries. Over 2 simulated seconds:
+    every message is written; none waits longer than max_wait plus the flush
+    in progress when it came; and writing takes at most the share of the time,
+    or, when max_wait is too short for that, one flush per max_wait."""
+    max_wait = 0.05
+    pacer = make(max_share=share, max_wait=max_wait)
+    gap = 1.0 / rate
+    t = 0.0
+    next_msg = 0.0
+    pending: list[float] = []  # arrival times of messages not yet written
+    due: float | None = None  # a paced flush waiting for this time
+    worst_wait = 0.0
+    worst_cost = 0.0
+    written = 0
+    sent = 0
+    horizon = 2.0
+    while next_msg < horizon or pending:
+        # next event: a message, or a paced flush coming due
+        if due is not None and (due <= next_msg or next_msg >= horizon):
+            t = max(t, due)
+            due = None
+        else:
+            t = max(t, next_msg)
+            pending.append(next_msg)
+            sent += 1
+            next_msg += gap
+            if due is not None:
+                continue
+            delay = pacer.delay(t)
+            if delay > 0:
+                due = t + delay
+                continue
+        cost = receivers_cost + per_message * len(pending)
+        worst_wait = max(worst_wait, t - min(pending))
+        worst_cost = max(worst_cost, cost)
+        pacer.record(t, t + cost, 0.0, 0.0)
+        written += len(pending)
+        pending.clear()
+        t += cost
+    assert written == sent
+    assert worst_wait <= max_wait + worst_cost + 1e-9
+    fraction = max(share, worst_cost / (worst_cost + max_wait))
+    assert pacer.seconds_writing <= fraction * t + 2 * worst_cost + MIN_BURST
