@@ -37,9 +37,11 @@ test: setup system-deps lint
 	AIOSRV_EXPECT_COMPILED=1 AIOSRV_TEST_LOOP=uvloop $(BIN)/python -m pytest -q -p no:cacheprovider
 	AIOSRV_NO_EXTENSIONS=1 AIOSRV_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
 
+# cython -a of the core as compiled (the .py with its .pxd, and the .pyx):
+# yellow lines are where the C code still calls into Python.
 annotate: $(BIN)/python
 	AIOSRV_CYTHON_ANNOTATE=1 $(BIN)/pip install --quiet -e .
-	@echo "annotations: _core/*.html"
+	@echo "annotations: build/cython/aiosrv/_fanout_c.html, build/cython/aiosrv/_wire_c.html"
 
 bench: setup
 	bash bench/setup.sh

@@ -1,4 +1,5 @@
-# Types of the compiled core (_core/_fanout_c.pyx); the same API as _fanout_py
+# Types of the compiled core: aiosrv/_fanout_py.py compiled with _core/_fanout_c.pxd
+# (setup.py), so its API is _fanout_py's by construction
 # (tests/core/test_equivalence.py checks that both define every name listed here).
 from aiosrv._fanout_py import (
     HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL,

@@ -1,4 +1,16 @@
-"""Pure-Python reference of the fan-out core (twin of ``_core/_fanout_c.pyx``).
+"""The fan-out core: one source, run as Python and compiled into ``aiosrv._fanout_c``.
+
+This file is the core's only statement of its algorithm. Imported as
+``aiosrv._fanout_py`` it runs as plain Python (``AIOSRV_NO_EXTENSIONS=1``, or
+no compiler). ``setup.py`` also copies it to ``_fanout_c.py`` beside
+``_core/_fanout_c.pxd`` and Cython compiles the pair into ``aiosrv._fanout_c``
+(Cython's pure-Python mode): the ``.pxd`` makes the classes extension types
+with C attributes, types the hot methods' locals, and cimports the
+hand-written ``aiosrv._wire_c`` under the name ``_wire`` that this file binds
+to its pure twin ``aiosrv._wire_py``. So code here is written to mean the same
+thing both ways: no negative indexes, integer arithmetic that fits 64 bits,
+and explicit argument checks where the compiled build checks types itself
+(``_type_error``).
 
 The fan-out core is sans-I/O except for one duty: handing each connection's
 pending frames to its transport (``write`` and ``get_write_buffer_size``: the
@@ -38,17 +50,19 @@ a client's traffic is one float store (``last_seen``), never a move between
 buckets: a subscriber whose bucket comes due early (it talked since) is put
 back in the bucket of its new deadline.
 
-Both implementations keep subscribers in insertion-ordered dicts, so they visit
-receivers in the same order and produce the same bytes; ``tests/core`` checks
-that on random subscription tables.
+Subscribers are kept in insertion-ordered dicts, so both builds visit receivers
+in the same order and produce the same bytes; ``tests/core`` checks that on
+random operation sequences, over fake transports and over real sockets.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Protocol
+from operator import index
+from typing import Any, Protocol, SupportsIndex
 
+from . import _wire_py as _wire
 from .errors import FrameError
 
 __all__ = [
@@ -81,9 +95,14 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-STATE_OPEN = 0
-STATE_OVERFLOWED = 1
-STATE_CLOSED = 2
+# The states, as the hot paths read them: C ints in the compiled build (the
+# .pxd declares them), so a state check is no dictionary look-up.
+_OPEN = 0
+_OVERFLOWED = 1
+_CLOSED = 2
+STATE_OPEN = _OPEN
+STATE_OVERFLOWED = _OVERFLOWED
+STATE_CLOSED = _CLOSED
 
 #: Heartbeat defaults (the config's ``websocket.heartbeat_*`` defaults) and the
 #: wheel's bounds: its tick in seconds, and its number of buckets.
@@ -93,6 +112,17 @@ MIN_TICK = 0.005
 MAX_TICK = 1.0
 MAX_SLOTS = 4096
 
+# Type names, keys and connection ids are strings to the type checker. Cython
+# reads a plain ``str`` annotation as "exactly str, not None"; through this
+# alias it sees an unknown name, so the compiled signatures take any hashable,
+# as the Python ones do.
+Name = str
+# Integer arguments: Cython 3 reads an ``int`` annotation as a Python int that
+# it converts floats to (1.5 becomes 1), and as not matching a .pxd that
+# declares a C int. It passes over this alias, so the .pxd's C type applies, or
+# for an untyped argument ``operator.index`` refuses a float in both builds.
+Int = int
+
 
 class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
@@ -100,32 +130,48 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
+def _ssize(value: SupportsIndex) -> int:
+    # What storing into a C Py_ssize_t does in the compiled build: an integer
+    # (a float is a TypeError) within 64 bits (else OverflowError).
+    n = index(value)
+    if not -(1 << 63) <= n < (1 << 63):
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return n
 
-def encode_frame(payload: bytes, opcode: int = OP_TEXT, rsv1: bool = False) -> bytes:
+
+def _type_error(expected: str, name: str, value: object) -> TypeError:
+    # What the compiled build raises for a typed argument (Cython's message),
+    # raised by the checks that only the Python build needs.
+    return TypeError(
+        f"Argument '{name}' has incorrect type (expected {expected}, got {type(value).__name__})"
+    )
+
+
+def encode_frame(payload: bytes, opcode: Int = OP_TEXT, rsv1: bool = False) -> bytes:
     """One unmasked, final server-to-client frame (RFC 6455 section 5.2).
 
-    The result is a new ``bytes`` holding header and payload, made once and
-    shared by every receiver of the message. ``rsv1`` marks a message
-    compressed with permessage-deflate (RFC 7692).
+    The result is a new ``bytes`` holding header and payload (one allocation
+    and a copy in the compiled build), made once and shared by every receiver
+    of the message. ``rsv1`` marks a message compressed with
+    permessage-deflate (RFC 7692). ``payload`` must be ``bytes``.
     """
-    n = len(payload)
-    first = 0x80 | (0x40 if rsv1 else 0) | (opcode & 0x0F)
-    if n < 126:
-        header = bytes((first, n))
-    elif n < 65536:
-        header = bytes((first, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((first, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    return _wire.encode_frame(payload, opcode, rsv1)
 
 
-def encode_close(code: int, reason: str = "") -> bytes:
+def encode_close(code: Int, reason: str = "") -> bytes:
     """A close frame; ``reason`` is cut to the 123 bytes a control frame allows,
     never inside a UTF-8 sequence."""
+    if type(reason) is not str:
+        raise _type_error("str", "reason", reason)
     raw = reason.encode("utf-8")
     if len(raw) > 123:
         raw = raw[:123].decode("utf-8", "ignore").encode("utf-8")
-    return encode_frame(code.to_bytes(2, "big") + raw, OP_CLOSE)
+    return _wire.encode_frame(index(code).to_bytes(2, "big") + raw, OP_CLOSE, False)
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """``data`` XOR the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    return _wire.unmask(data, mask)
 
 
 class Subscriber:
@@ -151,28 +197,28 @@ class Subscriber:
 
     def __init__(
         self,
-        conn_id: str,
+        conn_id: Name,
         transport: Any,
-        limit: int,
+        limit: Int,
         owner: Any = None,
         deflate: bool = False,
     ) -> None:
         self.conn_id = conn_id
         # negotiated permessage-deflate: receives the shared compressed frame.
         # Settable; set it before add() so FanOut.deflate_count includes it.
-        self.deflate = deflate
+        self.deflate = bool(deflate)
         self._deflate_counted = False  # counted in its FanOut's deflate_count
         self.transport = transport
-        self.limit = limit
+        self.limit = _ssize(limit)
         self.owner = owner
         self.last_seen = 0.0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._transport_buffered = 0
         self._dirty = False
-        self._state = STATE_OPEN
+        self._state = _OPEN
         # type -> None (every message of the type) or the tuple of wanted keys
-        self._filters: dict[str, tuple[str, ...] | None] = {}
+        self._filters: dict[Name, tuple[Name, ...] | None] = {}
         # heartbeat: when the next ping is due, and the wheel bucket it is in
         self._next_ping = 0.0
         self._wheel_slot = -1
@@ -183,11 +229,11 @@ class Subscriber:
 
     @property
     def overflowed(self) -> bool:
-        return self._state == STATE_OVERFLOWED
+        return self._state == _OVERFLOWED
 
     @property
     def closed(self) -> bool:
-        return self._state != STATE_OPEN
+        return self._state != _OPEN
 
     @property
     def pending_bytes(self) -> int:
@@ -206,21 +252,37 @@ class Subscriber:
     @property
     def subscription_count(self) -> int:
         """Subscriptions held: a type counts one, a type narrowed to keys one per key."""
-        return sum(1 if ks is None else len(ks) for ks in self._filters.values())
+        return self._subscription_count()
 
-    def types(self) -> list[str]:
+    def _subscription_count(self) -> int:
+        n = 0
+        for ks in self._filters.values():
+            n += 1 if ks is None else len(ks)
+        return n
+
+    def types(self) -> list[Name]:
         """Subscribed types, in the order first subscribed."""
         return list(self._filters)
 
-    def filter_for(self, type_: str) -> tuple[str, ...] | None:
+    def filter_for(self, type_: Name) -> tuple[Name, ...] | None:
         """The keys a type is narrowed to; None when the type is not narrowed."""
         return self._filters.get(type_)
 
-    def is_subscribed(self, type_: str) -> bool:
+    def is_subscribed(self, type_: Name) -> bool:
         return type_ in self._filters
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.conn_id} state={self._state} pending={self._pending_bytes}>"
+
+
+def _check_sub(sub: object) -> None:
+    if not isinstance(sub, Subscriber):
+        raise _type_error("Subscriber", "sub", sub)
+
+
+def _check_frame(frame: object, name: str = "frame") -> None:
+    if type(frame) is not bytes:
+        raise _type_error("bytes", name, frame)
 
 
 class FanOut:
@@ -249,8 +311,8 @@ class FanOut:
 
     def __init__(self) -> None:
         self._all: dict[Subscriber, None] = {}
-        self._by_type: dict[str, dict[Subscriber, None]] = {}
-        self._by_key: dict[str, dict[str, dict[Subscriber, None]]] = {}
+        self._by_type: dict[Name, dict[Subscriber, None]] = {}
+        self._by_key: dict[Name, dict[Name, dict[Subscriber, None]]] = {}
         self._dirty: list[Subscriber] = []
         self._to_close: list[Subscriber] = []
         # registered subscribers that were deflate ones when added: when 0 the
@@ -273,6 +335,7 @@ class FanOut:
     def add(self, sub: Subscriber) -> None:
         """Register a subscriber; its first ping is due ``heartbeat_interval``
         after its ``last_seen`` (set that first)."""
+        _check_sub(sub)
         if sub not in self._all:
             self._all[sub] = None
             if sub.deflate:
@@ -286,14 +349,15 @@ class FanOut:
 
         Returns the number of subscriptions it held. O(its subscriptions).
         """
-        count = sub.subscription_count
+        _check_sub(sub)
+        count = sub._subscription_count()
         for type_ in list(sub._filters):
             self._unindex(sub, type_)
         sub._filters.clear()
         sub._pending.clear()
         sub._pending_bytes = 0
-        if sub._state == STATE_OPEN:
-            sub._state = STATE_CLOSED
+        if sub._state == _OPEN:
+            sub._state = _CLOSED
         self._unschedule(sub)
         if sub in self._all:
             del self._all[sub]
@@ -302,32 +366,42 @@ class FanOut:
                 self.deflate_count -= 1
         return count
 
-    def subscribe(self, sub: Subscriber, type_: str, keys: Iterable[str] | None = None) -> None:
+    def subscribe(self, sub: Subscriber, type_: Name, keys: Iterable[Name] | None = None) -> None:
         """Subscribe to a type, replacing any earlier filter for that type.
 
         ``keys`` None means every message of the type; otherwise only messages
         published with one of those keys.
         """
+        _check_sub(sub)
         if type_ in sub._filters:
             self._unindex(sub, type_)
         if keys is None:
             sub._filters[type_] = None
-            self._by_type.setdefault(type_, {})[sub] = None
+            subs = self._by_type.get(type_)
+            if subs is None:
+                subs = self._by_type[type_] = {}
+            subs[sub] = None
         else:
             wanted = tuple(dict.fromkeys(keys))
             sub._filters[type_] = wanted
-            per_key = self._by_key.setdefault(type_, {})
+            per_key = self._by_key.get(type_)
+            if per_key is None:
+                per_key = self._by_key[type_] = {}
             for k in wanted:
-                per_key.setdefault(k, {})[sub] = None
+                subs = per_key.get(k)
+                if subs is None:
+                    subs = per_key[k] = {}
+                subs[sub] = None
 
-    def unsubscribe(self, sub: Subscriber, type_: str) -> bool:
+    def unsubscribe(self, sub: Subscriber, type_: Name) -> bool:
+        _check_sub(sub)
         if type_ not in sub._filters:
             return False
         self._unindex(sub, type_)
         del sub._filters[type_]
         return True
 
-    def _unindex(self, sub: Subscriber, type_: str) -> None:
+    def _unindex(self, sub: Subscriber, type_: Name) -> None:
         keys = sub._filters[type_]
         if keys is None:
             subs = self._by_type.get(type_)
@@ -350,7 +424,7 @@ class FanOut:
 
     # -- fan-out -------------------------------------------------------------
 
-    def receivers(self, type_: str, key: str | None = None) -> list[Subscriber]:
+    def receivers(self, type_: Name, key: Name | None = None) -> list[Subscriber]:
         """Who :meth:`publish` would deliver to, in delivery order."""
         out = list(self._by_type.get(type_, ()))
         if key is not None:
@@ -360,16 +434,22 @@ class FanOut:
         return out
 
     def publish(
-        self, type_: str, key: str | None, frame: bytes, frame_deflate: bytes | None = None
+        self, type_: Name, key: Name | None, frame: bytes, frame_deflate: bytes | None = None
     ) -> int:
         """Queue one framed message to every receiver; return how many got it.
 
         With ``frame_deflate`` (the same message compressed once), receivers
         that negotiated permessage-deflate get that frame instead.
         """
+        _check_frame(frame)
+        if frame_deflate is None:
+            alt = frame
+        else:
+            _check_frame(frame_deflate, "frame_deflate")
+            alt = frame_deflate
         self.published += 1
         n = 0
-        alt = frame if frame_deflate is None else frame_deflate
+        sub: Subscriber
         subs = self._by_type.get(type_)
         if subs is not None:
             for sub in subs:
@@ -386,18 +466,22 @@ class FanOut:
 
     def send(self, sub: Subscriber, frame: bytes) -> bool:
         """Queue a frame for one subscriber (replies), in order with its data."""
+        _check_sub(sub)
+        _check_frame(frame)
         return self._append(sub, frame) == 1
 
     def send_all(self, frame: bytes) -> int:
         """Queue a frame for every registered subscriber (the heartbeat pings
         through :meth:`heartbeat` instead, one connection at a time)."""
+        _check_frame(frame)
         n = 0
+        sub: Subscriber
         for sub in self._all:
             n += self._append(sub, frame)
         return n
 
     def _append(self, sub: Subscriber, frame: bytes) -> int:
-        if sub._state != STATE_OPEN:
+        if sub._state != _OPEN:
             return 0
         size = len(frame)
         if sub._pending_bytes + sub._transport_buffered + size > sub.limit and (
@@ -406,7 +490,7 @@ class FanOut:
             # Over the limit on the books: write what is pending now and ask the
             # transport what the kernel really refused before judging.
             self._write(sub)
-            if sub._state != STATE_OPEN:
+            if sub._state != _OPEN:
                 return 0
             if sub._transport_buffered and sub._transport_buffered + size > sub.limit:
                 self._overflow(sub)
@@ -423,7 +507,7 @@ class FanOut:
         self.dropped_bytes += sub._pending_bytes + sub._transport_buffered
         sub._pending.clear()
         sub._pending_bytes = 0
-        sub._state = STATE_OVERFLOWED
+        sub._state = _OVERFLOWED
         self._to_close.append(sub)
 
     def _write(self, sub: Subscriber) -> None:
@@ -440,7 +524,7 @@ class FanOut:
         except Exception:
             # The transport is gone; the connection's reader will notice too.
             # One broken transport must not abort the fan-out to the others.
-            sub._state = STATE_CLOSED
+            sub._state = _CLOSED
             self._to_close.append(sub)
 
     def flush(self) -> int:
@@ -451,9 +535,10 @@ class FanOut:
             return 0
         self._dirty = []
         n = 0
+        sub: Subscriber
         for sub in dirty:
             sub._dirty = False
-            if sub._state == STATE_OPEN and sub._pending:
+            if sub._state == _OPEN and sub._pending:
                 self._write(sub)
                 n += 1
         return n
@@ -462,7 +547,8 @@ class FanOut:
         """Hand one subscriber's pending frames to its transport now, without
         waiting for the next :meth:`flush` (a reply to that client). Returns
         whether anything was written."""
-        if sub._state == STATE_OPEN and sub._pending:
+        _check_sub(sub)
+        if sub._state == _OPEN and sub._pending:
             self._write(sub)
             return True
         return False
@@ -494,13 +580,16 @@ class FanOut:
         self._hb_interval = interval
         self._hb_timeout = timeout
         self._tick = min(max(min(interval, timeout) / 8, MIN_TICK), MAX_TICK)
-        slots = min(math.ceil(max(interval, timeout) / self._tick) + 1, MAX_SLOTS)
+        # bounded before ceil, so an infinite setting means MAX_SLOTS both ways
+        longest = min(max(interval, timeout) / self._tick, MAX_SLOTS)
+        slots = min(int(math.ceil(longest)) + 1, MAX_SLOTS)  # noqa: RUF046 (see _schedule)
         self._wheel = [{} for _ in range(slots)]
         self._wheel_started = False
         latest = now + interval
+        sub: Subscriber
         for sub in self._all:
             sub._wheel_slot = -1
-            if sub._state == STATE_OPEN:
+            if sub._state == _OPEN:
                 if sub._next_ping > latest:
                     sub._next_ping = latest
                 self._schedule(sub)
@@ -510,7 +599,8 @@ class FanOut:
         whose ping is due (flush afterwards) and return, once each, the open
         subscribers silent for ``timeout`` (``last_seen`` that long ago); they
         leave the wheel, and the caller closes them."""
-        target = math.floor(now / self._tick)
+        _check_frame(ping, "ping")
+        target = int(math.floor(now / self._tick))  # noqa: RUF046 (see _schedule)
         slots = len(self._wheel)
         if not self._wheel_started or target - self._wheel_pos >= slots:
             first = target - slots + 1
@@ -522,6 +612,7 @@ class FanOut:
         out: list[Subscriber] = []
         interval = self._hb_interval
         timeout = self._hb_timeout
+        sub: Subscriber
         for t in range(first, target + 1):
             i = t % slots
             bucket = self._wheel[i]
@@ -530,7 +621,7 @@ class FanOut:
             self._wheel[i] = {}
             for sub in bucket:
                 sub._wheel_slot = -1
-                if sub._state != STATE_OPEN:
+                if sub._state != _OPEN:
                     continue
                 if now - sub.last_seen >= timeout:
                     out.append(sub)
@@ -538,7 +629,7 @@ class FanOut:
                 if now >= sub._next_ping:
                     self.pings += self._append(sub, ping)
                     sub._next_ping = now + interval
-                    if sub._state != STATE_OPEN:
+                    if sub._state != _OPEN:
                         continue
                 self._schedule(sub)
         return out
@@ -546,16 +637,20 @@ class FanOut:
     def _schedule(self, sub: Subscriber) -> None:
         """Put an open subscriber in the bucket of its next event."""
         due = min(sub._next_ping, sub.last_seen + self._hb_timeout)
-        t = math.floor(due / self._tick)
+        # int(): compiled, ``math`` is libc's (the .pxd cimports it), whose
+        # floor and ceil return a double
+        t = int(math.floor(due / self._tick))  # noqa: RUF046
         if self._wheel_started and t <= self._wheel_pos:
             t = self._wheel_pos + 1
         i = t % len(self._wheel)
-        self._wheel[i][sub] = None
+        bucket = self._wheel[i]
+        bucket[sub] = None
         sub._wheel_slot = i
 
     def _unschedule(self, sub: Subscriber) -> None:
         if sub._wheel_slot >= 0:
-            self._wheel[sub._wheel_slot].pop(sub, None)
+            bucket = self._wheel[sub._wheel_slot]
+            bucket.pop(sub, None)
             sub._wheel_slot = -1
 
     # -- introspection ---------------------------------------------------------
@@ -572,11 +667,15 @@ class FanOut:
         return list(self._all)
 
     def subscription_count(self) -> int:
-        return sum(s.subscription_count for s in self._all)
+        n = 0
+        sub: Subscriber
+        for sub in self._all:
+            n += sub._subscription_count()
+        return n
 
-    def type_counts(self) -> dict[str, int]:
+    def type_counts(self) -> dict[Name, int]:
         """Subscribers per type (narrowed or not)."""
-        out: dict[str, int] = {t: len(s) for t, s in self._by_type.items()}
+        out: dict[Name, int] = {t: len(s) for t, s in self._by_type.items()}
         for t, per_key in self._by_key.items():
             seen: set[Subscriber] = set()
             for subs in per_key.values():
@@ -585,11 +684,19 @@ class FanOut:
         return out
 
     def pending_bytes_total(self) -> int:
-        return sum(s._pending_bytes for s in self._all)
+        n = 0
+        sub: Subscriber
+        for sub in self._all:
+            n += sub._pending_bytes
+        return n
 
     def buffered_bytes_total(self) -> int:
         """Pending plus transport-buffered bytes, over every subscriber."""
-        return sum(s._pending_bytes + s._transport_buffered for s in self._all)
+        n = 0
+        sub: Subscriber
+        for sub in self._all:
+            n += sub._pending_bytes + sub._transport_buffered
+        return n
 
 
 # -- reading client frames -----------------------------------------------------
@@ -598,15 +705,6 @@ class FanOut:
 #: (text, binary, close, ping or pong), its unmasked payload (a data message's
 #: fragments joined) and whether RSV1 marked it compressed (permessage-deflate).
 Message = tuple[int, bytes, bool]
-
-
-def unmask(data: bytes, mask: bytes) -> bytes:
-    """``data`` XOR the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
-    n = len(data)
-    if not n:
-        return b""
-    key = (mask * ((n + 3) // 4))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 class FrameReader:
@@ -637,9 +735,9 @@ class FrameReader:
         "max_size",
     )
 
-    def __init__(self, max_size: int, deflate: bool = False) -> None:
-        self.max_size = max_size
-        self.deflate = deflate
+    def __init__(self, max_size: Int, deflate: bool = False) -> None:
+        self.max_size = _ssize(max_size)
+        self.deflate = bool(deflate)
         self.error: FrameError | None = None
         self._buf = bytearray()
         self._frag: list[bytes] = []
@@ -652,54 +750,52 @@ class FrameReader:
         """Bytes held for a frame not yet complete."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         out: list[Message] = []
         if self.error is not None:
             return out
+        if type(data) is not bytes:
+            data = bytes(data)
+        buf: bytes | bytearray
         if self._buf:
             self._buf += data
-            buf: bytes | bytearray = self._buf
+            buf = self._buf
         else:
             buf = data
         end = len(buf)
         pos = 0
         while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
+            header = _wire.read_header(buf, pos)
+            if header < 0:
+                break  # the extended length is not all in yet
+            b0 = header & 0xFF
+            b1 = (header >> 8) & 0xFF
+            length = header >> 16
+            code = b1 & 0x7F
+            head = 14 if code == 127 else 8 if code == 126 else 6
             fin = b0 & 0x80
             rsv1 = b0 & 0x40
             opcode = b0 & 0x0F
-            length = b1 & 0x7F
-            head = 6
-            if length == 126:
-                head = 8
-                if end - pos < 4:
-                    break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-            elif length == 127:
-                head = 14
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             problem = self._check(fin, rsv1, b0 & 0x30, opcode, b1 & 0x80, length)
             if problem is not None:
                 self.error = problem
                 self._buf = bytearray()
                 self._frag = []
                 return out
+            # length <= max_size here
             if end - pos < head + length:
                 break
             start = pos + head
-            payload = unmask(bytes(buf[start : start + length]), bytes(buf[start - 4 : start]))
+            payload = _wire.unmask_at(buf, start, length)
             pos = start + length
             if opcode >= 0x8:
                 out.append((opcode, payload, False))
             elif opcode:
                 if fin:
-                    out.append((opcode, payload, bool(rsv1)))
+                    out.append((opcode, payload, rsv1 != 0))
                 else:
                     self._frag_op = opcode
-                    self._frag_rsv1 = bool(rsv1)
+                    self._frag_rsv1 = rsv1 != 0
                     self._frag = [payload]
                     self._frag_size = length
             else:
@@ -718,7 +814,7 @@ class FrameReader:
         return out
 
     def _check(
-        self, fin: int, rsv1: int, rsv23: int, opcode: int, masked: int, length: int
+        self, fin: Int, rsv1: Int, rsv23: Int, opcode: Int, masked: Int, length: Int
     ) -> FrameError | None:
         if rsv23:
             return FrameError(1002, "RSV2 or RSV3 set: no extension using them was negotiated")

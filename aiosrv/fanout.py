@@ -1,26 +1,43 @@
-"""The one place that picks the fan-out core: compiled (``aiosrv._fanout_c``,
-built from ``_core/_fanout_c.pyx``) or its pure-Python twin
-(``aiosrv._fanout_py``).
+"""The one place that picks the fan-out core: compiled (``aiosrv._fanout_c``)
+or pure Python (``aiosrv._fanout_py``).
 
-``AIOSRV_NO_EXTENSIONS=1`` forces the pure twin. Otherwise the compiled module
-is used when it is installed; if it is missing the pure twin is used and
+Both are built from one source: ``aiosrv/_fanout_py.py`` runs as it is, and
+``setup.py`` compiles the same file with ``_core/_fanout_c.pxd`` into
+``aiosrv._fanout_c`` (which uses the hand-written ``aiosrv._wire_c`` where the
+pure build uses ``aiosrv._wire_py``).
+
+``AIOSRV_NO_EXTENSIONS=1`` forces the pure build. Otherwise the compiled module
+is used when it is installed and really compiled: a module named
+``aiosrv._fanout_c`` that is Python source (a stray copy of the ``.py``) is
+not taken for it. If it is missing or not compiled the pure build is used and
 :data:`IMPLEMENTATION` says so, which the server logs at start-up and reports
-in ``/status`` (set ``AIOSRV_EXPECT_COMPILED=1`` in CI to turn a silent
-fallback into an import error).
+in ``/status``; with ``AIOSRV_EXPECT_COMPILED=1`` (CI) either is an import
+error instead.
 """
 
 from __future__ import annotations
 
 import os
+from importlib.machinery import ExtensionFileLoader
+from types import ModuleType
 
 from . import _fanout_py
 
-NO_EXTENSIONS = os.environ.get("AIOSRV_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
-EXPECT_COMPILED = os.environ.get("AIOSRV_EXPECT_COMPILED", "").strip().lower() in {
-    "1",
-    "true",
-    "yes",
-}
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+NO_EXTENSIONS = _flag("AIOSRV_NO_EXTENSIONS")
+EXPECT_COMPILED = _flag("AIOSRV_EXPECT_COMPILED")
+
+
+def is_compiled(module: ModuleType) -> bool:
+    """Whether ``module`` was loaded from a compiled extension (not from
+    Python source or bytecode)."""
+    spec = getattr(module, "__spec__", None)
+    return isinstance(getattr(spec, "loader", None), ExtensionFileLoader)
+
 
 if NO_EXTENSIONS:
     _impl = _fanout_py
@@ -29,6 +46,11 @@ else:
     try:
         from . import _fanout_c as _impl  # type: ignore[no-redef]
 
+        if not is_compiled(_impl):
+            raise ImportError(
+                f"aiosrv._fanout_c at {getattr(_impl, '__file__', '?')} is not a compiled "
+                "extension (a Python copy of the core?); rebuild it (make setup)"
+            )
         IMPLEMENTATION = "compiled"
     except ImportError:
         if EXPECT_COMPILED:
@@ -60,5 +82,6 @@ __all__ = [
     "Subscriber",
     "encode_close",
     "encode_frame",
+    "is_compiled",
     "unmask",
 ]

@@ -116,6 +116,52 @@ def test_missing_extension_is_an_import_error_when_expected():
     assert "ImportError: hidden by the test: no compiled core" in proc.stderr
 
 
+# A Python copy of the core named aiosrv._fanout_c (what a build that copies the
+# .py source could leave behind) is found before the extension.
+STRAY_PY_COPY = """
+import os, shutil, tempfile
+import aiosrv
+stray = tempfile.mkdtemp()
+shutil.copy(os.path.join(aiosrv.__path__[0], "_fanout_py.py"), os.path.join(stray, "_fanout_c.py"))
+aiosrv.__path__.insert(0, stray)
+"""
+
+
+def test_a_python_copy_is_not_taken_for_the_compiled_core():
+    got = report(STRAY_PY_COPY)
+    assert got["implementation"] == "pure-python"
+    assert got["module"] == "aiosrv._fanout_py"
+    assert got["pure"] is True
+
+
+def test_a_python_copy_is_an_import_error_when_compiled_is_expected():
+    proc = run(STRAY_PY_COPY + "import aiosrv.fanout", AIOSRV_EXPECT_COMPILED="1")
+    assert proc.returncode == 1
+    assert "ImportError: aiosrv._fanout_c at " in proc.stderr
+    assert "is not a compiled extension" in proc.stderr
+
+
+def test_is_compiled_tells_source_from_extension():
+    code = """
+    import json, importlib
+    from aiosrv.fanout import is_compiled
+    from aiosrv import _fanout_py, _wire_py
+    out = {"py": [is_compiled(_fanout_py), is_compiled(_wire_py)]}
+    try:
+        out["c"] = [is_compiled(importlib.import_module(m))
+                    for m in ("aiosrv._fanout_c", "aiosrv._wire_c")]
+    except ImportError:
+        out["c"] = None
+    print(json.dumps(out))
+    """
+    proc = run(code)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["py"] == [False, False]
+    if EXPECT_COMPILED or got["c"] is not None:
+        assert got["c"] == [True, True]
+
+
 def test_no_extensions_wins_over_expect_compiled():
     got = report(HIDE_EXTENSION, AIOSRV_NO_EXTENSIONS="1", AIOSRV_EXPECT_COMPILED="1")
     assert got["implementation"] == "pure-python"
