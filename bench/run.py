@@ -31,8 +31,8 @@ Scenarios (``--scenarios``, comma-separated):
   subscribers and 5 to 320/s at 10,000, for each payload size; p50/p99/p99.9,
   share delivered, server CPU per million deliveries and whether the load side
   was the limit, per step. A step that collapses (delivered < 50%, p99 >= 2 s,
-  or stopped because a delivery was 5 s late) ends that (server, N, size)
-  ladder.
+  the publisher held below half its rate, or stopped because a delivery was
+  5 s late) ends that (server, N, size) ladder.
 
     .venv/bin/python bench/run.py --quick                          # smoke test, a few minutes
     .venv/bin/python bench/run.py                                  # rss, latency, saturation
@@ -878,6 +878,9 @@ def collapsed(res: dict[str, Any]) -> str:
         return f"delivered {100 * res.get('delivered_fraction', 0):.0f}%"
     if res.get("latency_ms", {}).get("p99", 0) >= 2000:
         return f"p99 {res['latency_ms']['p99'] / 1000:.1f} s"
+    if res.get("publish_rate", 0) < 0.5 * res.get("rate", 0):
+        # the server held the publisher back (replies late, every connection at its depth)
+        return f"publisher got {res.get('publish_rate', 0):.0f}/s of {res.get('rate', 0):g}/s"
     return ""
 
 
@@ -1000,6 +1003,8 @@ def sweep_cell(r: dict[str, Any]) -> str:
             f"{100 * r.get('delivered_fraction', 0):.1f}%; "
             f"{'–' if r.get('server_cpu_s_per_million') is None else '%.2f' % r['server_cpu_s_per_million']}"
             f"{marks}")
+    if r.get("publisher_behind") and not r.get("collapsed"):
+        cell += f" (got {r.get('publish_rate', 0):.0f}/s)"
     if r.get("collapsed"):
         cell = f"✗ {cell} (collapsed: {r['collapsed']})"
     return cell
@@ -1066,8 +1071,11 @@ def markdown(report: dict[str, Any]) -> str:
                   f"Fixed publish rates, doubling, {plan['sweep_seconds']:g} s each. Cell: p50 / p99 / p99.9 latency "
                   "in ms; share of the deliveries that arrived; server CPU seconds per million deliveries (the "
                   "server process). ‡ = the publisher did not get its rate (below 97%, or replies missing). "
-                  "✗ = collapsed (delivered < 50%, p99 ≥ 2 s, or stopped because a delivery was 5 s late): the "
-                  "higher rates of that column were not run (–).", ""]
+                  "✗ = collapsed (delivered < 50%, p99 ≥ 2 s, the publisher held below half its rate, or stopped "
+                  "because a delivery was 5 s late): the higher rates of that column were not run (–). "
+                  "Latency runs from each message's actual send; how late the publisher ran against its "
+                  "deadlines (a server that answers slowly holds it back) is in the .json "
+                  "(publisher.late_ms).", ""]
         for n in plan["sweep_stages"]:
             for size in sizes:
                 per_row = {r["name"]: stage(r, n).get("sweep", {}).get(str(size)) for r in sw_rows}
