@@ -205,14 +205,15 @@ class Connection(asyncio.Protocol):
             self._fail(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
 
     def eof_received(self) -> bool:
-        # The client closed its side (after our close frame, or without one).
-        # Requests it sent before still get answered: keep the socket open for
-        # writing until they are; otherwise the transport closes now.
-        if self._waiting is not None and not self._close_sent and not self._input_ended:
-            self._eof = True
-            self._end_input(_Close(encode_close(CloseCode.NORMAL), 1006, "client closed TCP"))
-            return True
-        return False
+        # The client closed its side. After our close frame that ends it: the
+        # transport closes. Before, what it sent is still answered (replies
+        # queued, requests waiting) and our close frame sent; the socket stays
+        # open for writing until then.
+        if self._close_sent:
+            return False
+        self._eof = True
+        self._end_input(_Close(encode_close(CloseCode.NORMAL), 1006, "client closed TCP"))
+        return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._close_timer is not None:

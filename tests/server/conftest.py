@@ -187,20 +187,11 @@ class RawClient:
     def send_frame(
         self, payload: bytes, opcode: int = 0x1, *, fin: bool = True, mask: bool = True
     ) -> None:
-        first = (0x80 if fin else 0) | opcode
-        n = len(payload)
-        mask_bit = 0x80 if mask else 0
-        if n < 126:
-            header = struct.pack("!BB", first, mask_bit | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", first, mask_bit | 126, n)
-        else:
-            header = struct.pack("!BBQ", first, mask_bit | 127, n)
-        if mask:
-            key = os.urandom(4)
-            self.writer.write(header + key + _mask(payload, key))
-        else:
-            self.writer.write(header + payload)
+        self.writer.write(client_frame(payload, opcode, fin=fin, mask=mask))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write ``data`` as it is, in one write (several frames in one packet)."""
+        self.writer.write(data)
 
     def send_text(self, text: str | bytes) -> None:
         self.send_frame(text.encode() if isinstance(text, str) else text, 0x1)
@@ -261,6 +252,34 @@ class RawClient:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
+
+
+def client_frame(
+    payload: bytes, opcode: int = 0x1, *, fin: bool = True, mask: bool = True
+) -> bytes:
+    """One client-to-server frame (RFC 6455 5.2), masked with a random key
+    unless ``mask`` is False."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if n < 126:
+        header = struct.pack("!BB", first, mask_bit | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, n)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + _mask(payload, key)
+
+
+def json_frame(message: dict[str, Any]) -> bytes:
+    return client_frame(orjson.dumps(message))
+
+
+def close_frame(code: int = 1000, reason: str = "") -> bytes:
+    return client_frame(struct.pack("!H", code) + reason.encode(), 0x8)
 
 
 def _mask(payload: bytes, key: bytes) -> bytes:
