@@ -127,7 +127,7 @@ async def publish(request: web.Request) -> web.Response:
             server.stats.published_http += len(pubs)
             return json_response({"seq": [p.seq for p in pubs]}, 202)
         type_, payload, key = parse_publication(body)
-        pub = await server.hub.publish(type_, payload, key)
+        pub = await server.hub.publish_checked(type_, payload, key)
         server.stats.published_http += 1
         return json_response({"seq": pub.seq}, 202)
     except ClientError as exc:

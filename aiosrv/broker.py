@@ -72,12 +72,11 @@ class Broker(ABC):
         """Stop delivering and release connections."""
 
     @abstractmethod
-    async def publish(self, type_: str, payload: bytes, key: str | None = None) -> Publication:
-        """Publish one message (``payload`` is encoded JSON); see the module contract."""
+    async def publish(self, type_: str, payload: Any, key: str | None = None) -> Publication:
+        """Publish one message (``payload``: a JSON value, or bytes of JSON,
+        encoded into the data message once); see the module contract."""
 
-    async def publish_many(
-        self, items: Sequence[tuple[str, bytes, str | None]]
-    ) -> list[Publication]:
+    async def publish_many(self, items: Sequence[tuple[str, Any, str | None]]) -> list[Publication]:
         """Publish several messages in order; engines may do it in one round trip."""
         return [await self.publish(t, p, k) for t, p, k in items]
 

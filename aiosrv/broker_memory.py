@@ -23,7 +23,7 @@ class MemoryBroker(Broker):
         self._seq: dict[str, int] = {}
         self._history: dict[str, deque[Publication]] = {}
 
-    def publish_now(self, type_: str, payload: bytes, key: str | None = None) -> Publication:
+    def publish_now(self, type_: str, payload: Any, key: str | None = None) -> Publication:
         """Synchronous publish, for callers already on the event loop."""
         seq = self._seq.get(type_, 0) + 1
         self._seq[type_] = seq
@@ -38,7 +38,7 @@ class MemoryBroker(Broker):
             self._deliver(pub)
         return pub
 
-    async def publish(self, type_: str, payload: bytes, key: str | None = None) -> Publication:
+    async def publish(self, type_: str, payload: Any, key: str | None = None) -> Publication:
         return self.publish_now(type_, payload, key)
 
     async def history(self, type_: str, limit: int, since: int | None = None) -> HistoryPage:

@@ -462,7 +462,7 @@ class Connection(asyncio.Protocol):
                 req.id,
             )
         try:
-            pub = await self.server.hub.publish(req.type, req.payload, req.key)
+            pub = await self.server.hub.publish_checked(req.type, req.payload, req.key)
         except ClientError as exc:
             exc.request_id = req.id
             raise

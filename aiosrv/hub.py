@@ -42,8 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from .broker import Broker, Publication
 from .errors import BrokerUnavailable, QueueFull
 from .fanout import OP_TEXT, FanOut, Subscriber, encode_frame
@@ -156,14 +154,17 @@ class Hub:
         check_type(type_, "type")
         if key is not None:
             check_key(key, "key")
-        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        self._admit()
-        return await self.broker.publish(type_, data, key)
+        return await self.publish_checked(type_, payload, key)
 
-    async def publish_many(
-        self, items: Sequence[tuple[str, bytes, str | None]]
-    ) -> list[Publication]:
-        """Publish already-validated ``(type, payload_json, key)`` items in order."""
+    async def publish_checked(self, type_: str, payload: Any, key: str | None) -> Publication:
+        """:meth:`publish` for a type and key already checked (the protocol's
+        parsers did), so a request is validated once and its payload, as
+        decoded, is encoded once, into the data message."""
+        self._admit()
+        return await self.broker.publish(type_, payload, key)
+
+    async def publish_many(self, items: Sequence[tuple[str, Any, str | None]]) -> list[Publication]:
+        """Publish already-checked ``(type, payload, key)`` items in order."""
         self._admit(len(items))
         return await self.broker.publish_many(items)
 

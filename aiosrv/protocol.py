@@ -5,8 +5,9 @@ messages come out of the ``encode_*`` functions as JSON bytes, ready to be
 framed by the fan-out core. Nothing here imports asyncio, aiohttp or redis, so
 the whole contract is testable without sockets.
 
-Data messages are encoded once per publication (:func:`encode_data`) and those
-bytes are reused for every subscriber, for history replies and for recovery:
+A publication's payload is decoded once (with the request that carries it) and
+encoded once, into its data message (:func:`encode_data`); those bytes are
+reused for every subscriber, for history replies and for recovery:
 ``orjson.Fragment`` splices already-encoded JSON into a reply without decoding
 it again.
 """
@@ -69,7 +70,7 @@ class History:
 class Publish:
     id: str | None
     type: str
-    payload: bytes  # the payload re-encoded as compact JSON
+    payload: Any  # the payload as decoded; encoded once, into its data message
     key: str | None
 
 
@@ -226,11 +227,12 @@ def _parse_publish(rid: str | None, payload: dict[str, Any]) -> Publish:
     key = payload.get("key")
     if key is not None:
         key = check_key(key, "payload.key", rid)
-    return Publish(rid, type_, orjson.dumps(payload["payload"]), key)
+    return Publish(rid, type_, payload["payload"], key)
 
 
-def parse_publication(item: Any, where: str = "body") -> tuple[str, bytes, str | None]:
-    """Validate one ``{"type", "payload", "key"?}`` object of ``POST /api/publish``."""
+def parse_publication(item: Any, where: str = "body") -> tuple[str, Any, str | None]:
+    """Validate one ``{"type", "payload", "key"?}`` object of ``POST /api/publish``:
+    ``(type, payload, key)``, the payload as decoded, type and key checked."""
     if not isinstance(item, dict):
         raise InvalidMessage(
             f"{where} must be an object {{type, payload, key?}}, got {_show(item)}"
@@ -244,14 +246,17 @@ def parse_publication(item: Any, where: str = "body") -> tuple[str, bytes, str |
     key = item.get("key")
     if key is not None:
         key = check_key(key, f"{where}.key")
-    return type_, orjson.dumps(item["payload"]), key
+    return type_, item["payload"], key
 
 
 # -- encoding -------------------------------------------------------------------
 
 
-def encode_data(type_: str, seq: int, timestamp: int, payload: bytes, key: str | None) -> bytes:
-    """The data message for one publication, encoded once for every receiver."""
+def encode_data(type_: str, seq: int, timestamp: int, payload: Any, key: str | None) -> bytes:
+    """The data message for one publication, encoded once for every receiver.
+
+    ``payload`` is a JSON value, or ``bytes`` already holding JSON (spliced in
+    verbatim, not checked)."""
     msg: dict[str, Any] = {
         "id": f"{type_}:{seq}",
         "type": type_,
@@ -260,7 +265,7 @@ def encode_data(type_: str, seq: int, timestamp: int, payload: bytes, key: str |
     }
     if key is not None:
         msg["key"] = key
-    msg["payload"] = orjson.Fragment(payload)
+    msg["payload"] = orjson.Fragment(payload) if isinstance(payload, bytes) else payload
     return orjson.dumps(msg)
 
 

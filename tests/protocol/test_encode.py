@@ -178,3 +178,9 @@ def test_encode_history_empty_and_extra_fields():
     assert msg["id"] is None
     assert msg["payload"] == {"type": "t", "oldest": 4, "latest": 9, "messages": []}
     assert list(msg["payload"]) == ["type", "oldest", "latest", "messages"]
+
+
+def test_encode_data_takes_a_decoded_payload_or_its_json():
+    # a request's payload is encoded once, here; bytes of JSON are spliced in
+    value = {"bid": 1.0842, "levels": [1, 2], "name": "é", "none": None}
+    assert encode_data("t", 3, 9, value, "k") == encode_data("t", 3, 9, orjson.dumps(value), "k")

@@ -22,6 +22,7 @@ from aiosrv.protocol import (
     Unsubscribe,
     check_key,
     check_type,
+    encode_data,
     parse_publication,
     parse_request,
 )
@@ -133,7 +134,8 @@ def test_publish():
             "payload": {"type": "prices", "payload": {"BTC": 1.5, "n": [1, 2]}, "key": "BTC"},
         }
     )
-    assert req == Publish("p", "prices", b'{"BTC":1.5,"n":[1,2]}', "BTC")
+    # the payload as decoded: it is encoded once, into the data message
+    assert req == Publish("p", "prices", {"BTC": 1.5, "n": [1, 2]}, "BTC")
 
 
 @pytest.mark.parametrize(
@@ -148,7 +150,9 @@ def test_publish():
 )
 def test_publish_any_json_payload(value, encoded):
     req = parse({"action": "publish", "payload": {"type": "t", "payload": value}})
-    assert req == Publish(None, "t", encoded, None)
+    assert req == Publish(None, "t", value, None)
+    data = orjson.loads(encode_data("t", 1, 0, req.payload, None))
+    assert orjson.dumps(data["payload"]) == encoded
 
 
 # -- refusals: the envelope -----------------------------------------------------------
@@ -392,7 +396,7 @@ def test_publish_key(key, shown):
 
 def test_publish_null_key_is_no_key():
     req = parse({"action": "publish", "payload": {"type": "t", "payload": 1, "key": None}})
-    assert req == Publish(None, "t", b"1", None)
+    assert req == Publish(None, "t", 1, None)
 
 
 # -- helpers used by the HTTP API and the hub -----------------------------------------------
@@ -418,9 +422,9 @@ def test_check_type_and_key():
 
 
 def test_parse_publication():
-    assert parse_publication({"type": "t", "payload": {"a": 1}}) == ("t", b'{"a":1}', None)
-    assert parse_publication({"type": "t", "payload": [1], "key": "k"}) == ("t", b"[1]", "k")
-    assert parse_publication({"type": "t", "payload": None, "key": None}) == ("t", b"null", None)
+    assert parse_publication({"type": "t", "payload": {"a": 1}}) == ("t", {"a": 1}, None)
+    assert parse_publication({"type": "t", "payload": [1], "key": "k"}) == ("t", [1], "k")
+    assert parse_publication({"type": "t", "payload": None, "key": None}) == ("t", None, None)
 
 
 @pytest.mark.parametrize(
