@@ -2,15 +2,16 @@
 
 This file is the core's only statement of its algorithm. Imported as
 ``aiosrv._fanout_py`` it runs as plain Python (``AIOSRV_NO_EXTENSIONS=1``, or
-no compiler). ``setup.py`` also copies it to ``_fanout_c.py`` beside
-``_core/_fanout_c.pxd`` and Cython compiles the pair into ``aiosrv._fanout_c``
-(Cython's pure-Python mode): the ``.pxd`` makes the classes extension types
-with C attributes, types the hot methods' locals, and cimports the
-hand-written ``aiosrv._wire_c`` under the name ``_wire`` that this file binds
-to its pure twin ``aiosrv._wire_py``. So code here is written to mean the same
-thing both ways: no negative indexes, integer arithmetic that fits 64 bits,
-and explicit argument checks where the compiled build checks types itself
-(``_type_error``).
+no compiler). ``setup.py`` also compiles it, with ``_core/_fanout_c.pxd``,
+into ``aiosrv._fanout_c`` (Cython's pure-Python mode; see "How the core is
+built from one source" in ``docs/design.md``): the ``.pxd`` makes the classes
+extension types with C attributes, types the hot methods' locals, and
+cimports the hand-written ``aiosrv._wire_c`` under the name ``_wire`` that
+this file binds to its pure twin ``aiosrv._wire_py``. So code here is written
+to mean the same thing both ways: no negative indexes, integers that fit 64
+bits, only names of ``_wire_c.pxd`` used through ``_wire``, and explicit
+argument checks where the compiled build checks types itself
+(``_check_frame``, ``_check_sub``, ``_ssize``).
 
 The fan-out core is sans-I/O except for one duty: handing each connection's
 pending frames to its transport (``write`` and ``get_write_buffer_size``: the
@@ -62,6 +63,9 @@ from collections.abc import Iterable
 from operator import index
 from typing import Any, Protocol, SupportsIndex
 
+# Compiled, the .pxd's ``from aiosrv cimport _wire_c as _wire`` takes this
+# name over: every ``_wire.<name>(...)`` below is then a C call into the
+# hand-written module (the Python-level import still runs, unused).
 from . import _wire_py as _wire
 from .errors import FrameError
 
