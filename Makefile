@@ -12,7 +12,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard _core/*.pyx _core/*.pxd)
+# the compiled core is built from _core/ and from the pure sources it compiles
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard _core/*.pyx _core/*.pxd) \
+		aiosrv/_fanout_py.py aiosrv/_wire_py.py
 	$(BIN)/pip install --quiet -e '.[test,redis]'
 	touch $(STAMP)
 
