@@ -14,12 +14,13 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from .errors import ClientError, InvalidJSON, InvalidMessage, Unauthorized
+from .keys import REGISTRY, SERVER
 from .protocol import http_error_body, parse_publication
 from .stats import (
     connections_snapshot,
@@ -28,15 +29,16 @@ from .stats import (
     status_snapshot,
 )
 
+if TYPE_CHECKING:
+    from .server import Server
+
 log = logging.getLogger("aiosrv.api")
 
 #: Most messages one ``POST /api/publish`` may carry.
 MAX_PUBLISH_BATCH = 1000
 
 
-def _server(request: web.Request) -> Any:
-    from .app import SERVER
-
+def _server(request: web.Request) -> Server:
     return request.app[SERVER]
 
 
@@ -205,7 +207,6 @@ async def gc_stats(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from .app import REGISTRY
     from .metrics import CONTENT_TYPE_LATEST, render
 
     resp = web.Response(body=render(request.app[REGISTRY]))

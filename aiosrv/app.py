@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from .api import API_ROUTES, METRICS_ROUTES
 from .config import Config, default_config
 from .connection import websocket_handler
+from .keys import REGISTRY, SERVER
 from .metrics import make_registry
 from .server import Server
 
-SERVER = web.AppKey("aiosrv_server", Server)
-REGISTRY = web.AppKey("aiosrv_registry", CollectorRegistry)
+__all__ = ["REGISTRY", "SERVER", "create_app"]
 
 ALL_PARTS = ("ws", "api", "metrics")
 

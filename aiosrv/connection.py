@@ -62,6 +62,7 @@ from .fanout import (
     encode_close,
     encode_frame,
 )
+from .keys import SERVER
 
 if TYPE_CHECKING:
     from .server import Server
@@ -590,8 +591,6 @@ def _refuse_handshake(status: int, code: str, message: str, **headers: str) -> w
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """The upgrade endpoint (``/ws/realtime``, ``/ws`` and ``/``)."""
-    from .app import SERVER
-
     server = request.app[SERVER]
     try:
         key = handshake.check_upgrade(request.method, request.headers)

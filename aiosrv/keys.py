@@ -1,0 +1,19 @@
+"""The typed keys of aiosrv's aiohttp applications.
+
+They live apart from ``app.py`` (which imports every handler) so that the
+handlers can import them at module level: a handler looks its server up with
+one dict access, and is type-checked against :class:`~aiosrv.server.Server`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from .server import Server
+
+SERVER: web.AppKey[Server] = web.AppKey("aiosrv_server")
+REGISTRY = web.AppKey("aiosrv_registry", CollectorRegistry)
