@@ -81,7 +81,7 @@ cdef class FanOut:
     cdef void _write(self, Subscriber sub) except *
 
     @cython.locals(n=Py_ssize_t, dirty=list)
-    cpdef Py_ssize_t flush(self) except -1
+    cpdef Py_ssize_t flush(self, Py_ssize_t limit=*) except -1
 
     @cython.locals(slots=Py_ssize_t, latest=double, longest=double)
     cpdef void configure_heartbeat(self, double interval, double timeout, double now) except *

@@ -531,13 +531,21 @@ class FanOut:
             sub._state = _CLOSED
             self._to_close.append(sub)
 
-    def flush(self) -> int:
-        """Hand every dirty subscriber's pending frames to its transport, one
-        write each. Returns the number of subscribers written to."""
+    def flush(self, limit: Int = -1) -> int:
+        """Hand dirty subscribers' pending frames to their transports, one
+        write each, in the order they became dirty: all of them, or with
+        ``limit`` >= 0 at most that many (the rest stay dirty, first in line
+        for the next call; a subscriber written now that gets frames again
+        queues behind them). Returns the number of subscribers written to."""
+        limit = _ssize(limit)
         dirty = self._dirty
         if not dirty:
             return 0
-        self._dirty = []
+        if 0 <= limit < len(dirty):
+            self._dirty = dirty[limit:]
+            dirty = dirty[:limit]
+        else:
+            self._dirty = []
         n = 0
         sub: Subscriber
         for sub in dirty:

@@ -11,9 +11,11 @@ thousands of messages a second.
 :class:`FlushPacer` keeps the time spent writing to a share of the loop's time
 while messages keep coming, with credit so that light load never waits:
 
-* time outside flushes earns credit, second for second, up to what one flush
-  costs (so at most two flushes run back to back: a burst of messages after
-  a quiet spell does not stall the loop for long);
+* time outside flushes earns credit, second for second, up to what one pass
+  over every connection costs (``pass_size`` connections at the measured
+  cost per write, at most ``max_wait``): so a message after a quiet spell is
+  written to everyone at once, but a burst of messages cannot run pass after
+  pass back to back and starve the loop;
 * a flush that took ``c`` seconds spends ``c * (1 - share) / share`` of it
   (with ``share`` 0.5, as much as it took);
 * a flush may start when the credit is not negative; otherwise it waits until
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class PacerSettings:
     #: the most of the loop's time flushing may take while messages keep coming
-    max_share: float = 0.5
+    max_share: float = 0.7
     #: the longest a pending frame waits for its flush (seconds)
     max_wait: float = 0.05
 
@@ -57,7 +59,7 @@ class PacerSettings:
 #: Least credit idle time can earn (seconds), whatever flushes cost.
 MIN_BURST = 0.001
 #: The share of the time the loop should be busy at most, flushing included.
-BUSY_TARGET = 0.7
+BUSY_TARGET = 0.85
 #: The least share of the time flushing gets, however busy the loop is.
 MIN_SHARE = 0.1
 #: Time constant (seconds) of the smoothed measure of the loop's other work.
@@ -80,8 +82,10 @@ class FlushPacer:
         "last_cost",
         "other_load",
         "paced",
+        "pass_size",
         "seconds_writing",
         "share",
+        "write_cost",
     )
 
     def __init__(self, settings: PacerSettings, now: float = 0.0) -> None:
@@ -95,6 +99,8 @@ class FlushPacer:
         self.other_load = 0.0  # smoothed share of the time spent on other work
         self.last_cost = 0.0  # seconds the last flush took
         self.cost_ewma = 0.0  # smoothed seconds per flush (for stats)
+        self.write_cost = 0.0  # smoothed seconds per connection written
+        self.pass_size = 0  # connections a whole pass writes (the hub keeps it current)
         self.seconds_writing = 0.0  # total time spent in flushes
         self.paced = 0  # flushes that had to wait for credit
 
@@ -111,9 +117,11 @@ class FlushPacer:
 
     @property
     def burst(self) -> float:
-        """Most credit idle time can earn: what a flush costs, at least
-        :data:`MIN_BURST`, at most ``max_wait``."""
-        return min(max(self.cost_ewma, MIN_BURST), max(self._settings.max_wait, MIN_BURST))
+        """Most credit idle time can earn: what a pass over ``pass_size``
+        connections costs (until writes were measured: what a flush costs), at
+        least :data:`MIN_BURST`, at most ``max_wait``."""
+        one_pass = self.write_cost * self.pass_size if self.write_cost else self.cost_ewma
+        return min(max(one_pass, MIN_BURST), max(self._settings.max_wait, MIN_BURST))
 
     def credit(self, now: float) -> float:
         """Seconds of credit at ``now`` (negative: the debt a flush must wait off)."""
@@ -141,11 +149,17 @@ class FlushPacer:
         return cost
 
     def record(
-        self, start: float, end: float, cpu_start: float, cpu_end: float, paced: bool = False
+        self,
+        start: float,
+        end: float,
+        cpu_start: float,
+        cpu_end: float,
+        paced: bool = False,
+        written: int = 0,
     ) -> None:
         """A flush ran from ``start`` to ``end`` (wall clock), the thread's CPU
-        time reading ``cpu_start`` and ``cpu_end`` around it; ``paced``: it
-        waited for credit."""
+        time reading ``cpu_start`` and ``cpu_end`` around it, and wrote to
+        ``written`` connections; ``paced``: it waited for credit."""
         if self._window_start is not None:
             window = start - self._window_start
             if window > 0:
@@ -159,6 +173,11 @@ class FlushPacer:
         cost = self.charge(start, end)
         self.last_cost = cost
         self.cost_ewma = cost if not self.cost_ewma else self.cost_ewma * 0.9 + cost * 0.1
+        if written > 0:
+            per_write = cost / written
+            self.write_cost = (
+                per_write if not self.write_cost else self.write_cost * 0.9 + per_write * 0.1
+            )
         self.paced += paced
 
     def _share(self) -> float:

@@ -187,3 +187,16 @@ def test_a_simulated_loop_keeps_the_share_and_the_wait_bound(
     assert worst_wait <= max_wait + worst_cost + 1e-9
     fraction = max(share, worst_cost / (worst_cost + max_wait))
     assert pacer.seconds_writing <= fraction * t + 2 * worst_cost + MIN_BURST
+
+
+def test_idle_time_earns_one_pass_over_every_connection() -> None:
+    pacer = make(max_share=0.5, max_wait=0.05)
+    pacer.pass_size = 10_000
+    pacer.record(0.0, 0.005, 0.0, 0.005, written=1000)  # a chunk: 5 us per connection
+    assert pacer.write_cost == pytest.approx(5e-6)
+    # a pass over 10,000 connections costs 50 ms: that much credit, no more
+    assert pacer.credit(10.0) == pytest.approx(0.05)
+    pacer.pass_size = 100_000  # half a second a pass: capped at max_wait
+    assert pacer.credit(20.0) == pytest.approx(0.05)
+    pacer.pass_size = 100
+    assert pacer.credit(30.0) == MIN_BURST  # 0.5 ms a pass; the floor is 1 ms

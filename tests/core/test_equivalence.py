@@ -65,7 +65,7 @@ intervals = st.sampled_from([0.04, 0.5, 1.0, 3.0, 7.5, 30.0, 60.0])
 
 operation = weighted(
     (8, st.tuples(st.just("publish"), type_name, key_or_none, payload_size)),
-    (3, st.tuples(st.just("flush"))),
+    (3, st.tuples(st.just("flush"), st.sampled_from([-1, -1, 0, 1, 2, 5]))),
     (2, st.tuples(st.just("buffer"), sub_index, buffer_size)),
     (1, st.tuples(st.just("send"), sub_index, payload_size)),
     (1, st.tuples(st.just("write"), sub_index)),
@@ -148,7 +148,7 @@ class World:
             frame = self.impl.encode_frame(bytes([counter % 256]) * op[1], self.impl.OP_PING)
             return (frame, fan.send_all(frame))
         if kind == "flush":
-            return fan.flush()
+            return fan.flush(op[1])
         if kind == "take":
             return [s.conn_id for s in fan.take_to_close()]
         if kind == "heartbeat":
@@ -442,7 +442,7 @@ socket_payload_size = weighted(
 socket_limit = st.sampled_from([1, 100, 1000, 9000, 20000, 70000, 1 << 20, 1 << 20])
 socket_operation = weighted(
     (8, st.tuples(st.just("publish"), type_name, key_or_none, socket_payload_size)),
-    (3, st.tuples(st.just("flush"))),
+    (3, st.tuples(st.just("flush"), st.sampled_from([-1, -1, 0, 1, 2, 5]))),
     (1, st.tuples(st.just("send"), sub_index, socket_payload_size)),
     (1, st.tuples(st.just("write"), sub_index)),
     (1, st.tuples(st.just("send_all"), small_size)),

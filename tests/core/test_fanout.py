@@ -395,6 +395,31 @@ def test_order_preserved_across_flushes(impl, fan):
     assert [p for _, p in decode_frames(a.transport.data)] == [str(i).encode() for i in range(10)]
 
 
+def test_flush_with_a_limit_writes_the_first_dirty_and_keeps_the_rest_in_line(impl, fan):
+    subs = [make_sub(impl, fan, f"s{i}") for i in range(5)]
+    for s in subs:
+        fan.subscribe(s, "t")
+    one = impl.encode_frame(b"1")
+    fan.publish("t", None, one)
+    assert fan.dirty_count == 5
+    assert fan.flush(2) == 2
+    assert [len(s.transport.writes) for s in subs] == [1, 1, 0, 0, 0]
+    assert fan.dirty_count == 3
+    # a message now: the two written get it at the end of the line, the three
+    # waiting carry it in their first write
+    two = impl.encode_frame(b"2")
+    fan.publish("t", None, two)
+    assert fan.dirty_count == 5
+    assert fan.flush(3) == 3
+    assert [s.transport.writes for s in subs[2:]] == [[one + two]] * 3
+    assert [len(s.transport.writes) for s in subs[:2]] == [1, 1]
+    assert fan.flush(0) == 0
+    assert fan.flush(-1) == 2
+    assert [s.transport.writes for s in subs[:2]] == [[one, two]] * 2
+    assert fan.dirty_count == 0
+    assert fan.flush(10) == 0
+
+
 def test_send_interleaves_replies_with_data(impl, fan):
     a = make_sub(impl, fan, "a")
     b = make_sub(impl, fan, "b")

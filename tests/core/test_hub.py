@@ -200,7 +200,7 @@ async def test_low_rate_flushes_in_the_same_iteration(impl):
 
 async def test_a_costly_flush_paces_the_next_and_it_carries_what_came_meanwhile(impl):
     clock = FakeClock()
-    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0, write_share=0.5)
     subs = [
         connect(impl, core, f"s{i}", {"t": None}, transport=CostlyTransport(clock, 0.002))
         for i in range(5)
@@ -277,6 +277,26 @@ async def test_light_load_after_heavy_flushes_at_once_again(impl):
     await asyncio.sleep(0)
     assert len(s.transport.writes) == writes + 1
     assert seqs(s) == list(range(1, 22))
+
+
+async def test_a_pass_is_written_in_chunks_and_serves_the_loop_between(impl, monkeypatch):
+    from aiosrv import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "FLUSH_CHUNK", 2)
+    hub, _, core = make_hub(impl)
+    subs = [connect(impl, core, f"s{i}", {"t": None}) for i in range(5)]
+    await hub.publish("t", 0)
+    await asyncio.sleep(0)
+    # the first chunk is written at once, the rest after the loop had a turn
+    assert [len(seqs(s)) for s in subs] == [1, 1, 0, 0, 0]
+    # a message fanned out between chunks: the connections not yet written
+    # carry it in this pass, the others in the next
+    await hub.publish("t", 1)
+    await wait_for(lambda: all(seqs(s) == [1, 2] for s in subs))
+    writes = [len(s.transport.writes) for s in subs]
+    assert writes[:2] == [2, 2]
+    assert writes[-1] == 1  # the last in line carried both messages in one write
+    assert hub.flushes >= 3
 
 
 async def test_write_soon_writes_that_connection_only(impl):
