@@ -11,7 +11,9 @@ arrived in: no added latency. When writing would take more, the next flush
 waits until that share is kept (at most ``flush_interval``), and carries every
 message fanned out meanwhile in one write per connection: the number of system
 calls stays bounded by the time available, whatever the number of messages or
-receivers, and batching grows exactly as much as the load needs.
+receivers, and batching grows exactly as much as the load needs. A pass over
+many connections goes in chunks of :data:`FLUSH_CHUNK`, with the loop served
+in between.
 
 Replies to one client (acks, pongs, errors, history) do not wait for the next
 flush and do not flush anyone else: :meth:`Hub.write_soon` writes that one

@@ -81,6 +81,25 @@ class ServerCollector:
         )
         yield counter("aiosrv_socket_writes", "Writes handed to transports.", core.writes)
         yield counter("aiosrv_flushes", "Flushes of the fan-out core.", hub.flushes)
+        pacer = hub.pacer
+        yield counter(
+            "aiosrv_paced_flushes", "Flushes that waited for the write share.", pacer.paced
+        )
+        yield counter(
+            "aiosrv_write_seconds",
+            "Seconds spent writing to subscribers (flushes and replies).",
+            pacer.seconds_writing,
+        )
+        yield gauge(
+            "aiosrv_write_share",
+            "Share of the loop's time writing may take now (falls as other work grows).",
+            pacer.share,
+        )
+        yield gauge(
+            "aiosrv_loop_other_load",
+            "Share of the loop's time spent on work other than writing (smoothed).",
+            pacer.other_load,
+        )
         errors = CounterMetricFamily(
             "aiosrv_errors", "Error replies sent, by code.", labels=["code"]
         )

@@ -19,7 +19,9 @@ while messages keep coming, with credit so that light load never waits:
 * a flush that took ``c`` seconds spends ``c * (1 - share) / share`` of it
   (with ``share`` 0.5, as much as it took);
 * a flush may start when the credit is not negative; otherwise it waits until
-  the credit is back to zero, but never longer than ``max_wait``.
+  the credit is back to zero, but never longer than ``max_wait`` (so debt
+  beyond ``max_wait`` is forgiven: an overload leaves no debt that would
+  delay the light load after it).
 
 At light load the credit stays positive and every message is written in the
 loop iteration it was fanned out in. When flushing would take more than
@@ -143,7 +145,12 @@ class FlushPacer:
         in seconds."""
         self.credit(start)
         cost = max(end - start, 0.0)
-        self._credit -= cost * (1.0 - self.share) / self.share
+        # Debt beyond max_wait buys nothing (no flush waits longer) and would
+        # outlive the load: after an overload, light load would wait for
+        # seconds. So it is forgiven past one max_wait.
+        self._credit = max(
+            self._credit - cost * (1.0 - self.share) / self.share, -self._settings.max_wait
+        )
         self._at = max(end, self._at)
         self.seconds_writing += cost
         return cost

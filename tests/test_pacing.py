@@ -200,3 +200,13 @@ def test_idle_time_earns_one_pass_over_every_connection() -> None:
     assert pacer.credit(20.0) == pytest.approx(0.05)
     pacer.pass_size = 100
     assert pacer.credit(30.0) == MIN_BURST  # 0.5 ms a pass; the floor is 1 ms
+
+
+def test_an_overload_leaves_no_debt_beyond_max_wait() -> None:
+    pacer = make(max_share=0.1, max_wait=0.05)
+    t = 0.0
+    for _ in range(100):  # 20 ms flushes back to back at share 0.1: 180 ms owed each
+        t = flush(pacer, t, 0.020)
+    assert pacer.credit(t) == pytest.approx(-0.05)
+    # the load is gone: one max_wait of quiet and the next message goes at once
+    assert pacer.delay(t + 0.05) == 0.0
