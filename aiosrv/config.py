@@ -257,7 +257,7 @@ FIELDS: tuple[FieldSpec, ...] = (
        "The longest a message waits for its flush while flushes are paced (light load: "
        "no wait).",
        minimum=0, maximum=10),
-    _f("broadcast.write_share", "float", 0.7, "BROADCAST_WRITE_SHARE", LIVE,
+    _f("broadcast.write_share", "float", 0.5, "BROADCAST_WRITE_SHARE", LIVE,
        "Share of the loop's time writing to subscribers may take while messages keep "
        "coming; beyond it flushes are spaced and each carries more messages.",
        minimum=0.05, maximum=1.0),

@@ -47,7 +47,7 @@ from typing import Any
 from .broker import Broker, Publication
 from .errors import BrokerUnavailable, QueueFull
 from .fanout import OP_TEXT, FanOut, Subscriber, encode_frame
-from .pacing import FlushPacer, PacerSettings
+from .pacing import IDLE_WEIGHT, FlushPacer, PacerSettings
 from .protocol import check_key, check_type
 
 log = logging.getLogger("aiosrv.hub")
@@ -70,7 +70,7 @@ Clock = Callable[[], float]
 class HubSettings:
     batch_size: int = 100  # most publications fanned out per loop iteration
     flush_interval: float = 0.05  # longest wait of a paced flush
-    write_share: float = 0.7  # share of the time flushing may take under load
+    write_share: float = 0.5  # share of the time flushing may take under load
     queue_limit: int = 10000
     history_size: int = 50
     # websocket.compression: whether new connections may negotiate
@@ -104,9 +104,8 @@ class Hub:
         self.pacer = FlushPacer(_pacer_settings(settings), clock())
         self.queue: deque[Publication] = deque()
         self._drain_handle: asyncio.Handle | None = None
-        # the next flush (or the next chunk of one), when armed, and when it may run
+        # the next flush (or the next chunk of one), when armed
         self._flush_handle: asyncio.Handle | None = None
-        self._flush_due = 0.0  # on self._clock
         # connections with a reply to write at the end of this iteration
         self._prompt: list[Subscriber] = []
         self._prompt_handle: asyncio.Handle | None = None
@@ -253,25 +252,40 @@ class Hub:
             # A flush is armed. Under load the loop serves its timers late
             # (after a whole iteration of requests), so whoever queues frames
             # next and finds the wait over flushes at once.
-            if self._clock() >= self._flush_due:
+            if self.pacer.delay(self._clock(), self._cpu_clock()) <= 0:
                 self.flush(True)
             return
         if not self.core.dirty_count:
             self.close_given_up()  # a frame refused at the limit queued nothing
             return
-        now = self._clock()
-        delay = self.pacer.delay(now)
+        delay = self.pacer.delay(self._clock(), self._cpu_clock())
         if delay <= 0:
             self.flush()
         else:
-            self._arm(now, delay)
+            self._arm(delay)
 
-    def _arm(self, now: float, delay: float) -> None:
-        self._flush_due = now + delay
+    def _arm(self, delay: float) -> None:
+        """Flush once ``delay`` seconds of debt are paid (at once: 0). Idle time
+        pays faster (``pacing.IDLE_WEIGHT``), so the timer first assumes an
+        idle loop and looks again when it fires; a busy loop waits the rest,
+        never longer than ``delay`` in all."""
         if delay > 0:
-            self._flush_handle = self.loop.call_later(delay, self.flush, True)
+            # uvloop's timers count whole milliseconds and can fire up to one early
+            deadline = self._clock() + delay
+            self._flush_handle = self.loop.call_later(
+                delay / IDLE_WEIGHT + 0.001, self._flush_when_paid, deadline
+            )
         else:
             self._flush_handle = self.loop.call_soon(self.flush)
+
+    def _flush_when_paid(self, deadline: float) -> None:
+        self._flush_handle = None
+        now = self._clock()
+        if self.pacer.delay(now, self._cpu_clock()) > 0 and now < deadline:
+            # the loop was busy meanwhile: wait the rest off, up to the deadline
+            self._flush_handle = self.loop.call_later(deadline - now + 0.001, self.flush, True)
+        else:
+            self.flush(True)
 
     def flush(self, paced: bool = False, everything: bool = False) -> None:
         """Write the pending frames of up to :data:`FLUSH_CHUNK` connections
@@ -296,8 +310,7 @@ class Hub:
         self._unflushed = 0
         self.close_given_up()
         if core.dirty_count and self._flush_handle is None:
-            now = clock()
-            self._arm(now, pacer.delay(now))
+            self._arm(pacer.delay(clock(), cpu_clock()))
 
     def close_given_up(self) -> None:
         """Hand the subscribers the core gave up on since the last call (over
@@ -321,10 +334,12 @@ class Hub:
         self._prompt = []
         core = self.core
         clock = self._clock
+        cpu_clock = self._cpu_clock
         start = clock()
+        cpu_start = cpu_clock()
         for sub in subs:
             self.prompt_writes += core.write(sub)
-        self.pacer.charge(start, clock())
+        self.pacer.charge(start, clock(), cpu_start, cpu_clock())
         self.close_given_up()
 
     def on_overflow(self, subs: list[Subscriber]) -> None:
@@ -395,8 +410,6 @@ class Hub:
             "batch_size": self.settings.batch_size,
             "flush_interval": self.settings.flush_interval,
             "write_share": self.settings.write_share,
-            "write_share_now": round(pacer.share, 3),
-            "other_load": round(pacer.other_load, 3),
             "fanned_out": self.fanned_out,
             "flushes": self.flushes,
             "coalesced_flushes": self.coalesced_flushes,
@@ -421,6 +434,6 @@ class Hub:
 
 def _pacer_settings(settings: HubSettings) -> PacerSettings:
     return PacerSettings(
-        max_share=settings.write_share,
+        share=settings.write_share,
         max_wait=settings.flush_interval,
     )

@@ -90,16 +90,6 @@ class ServerCollector:
             "Seconds spent writing to subscribers (flushes and replies).",
             pacer.seconds_writing,
         )
-        yield gauge(
-            "aiosrv_write_share",
-            "Share of the loop's time writing may take now (falls as other work grows).",
-            pacer.share,
-        )
-        yield gauge(
-            "aiosrv_loop_other_load",
-            "Share of the loop's time spent on work other than writing (smoothed).",
-            pacer.other_load,
-        )
         errors = CounterMetricFamily(
             "aiosrv_errors", "Error replies sent, by code.", labels=["code"]
         )

@@ -78,7 +78,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "monitoring.prometheus_enabled": True,
     "broadcast.batch_size": 100,
     "broadcast.flush_interval": 0.05,
-    "broadcast.write_share": 0.7,
+    "broadcast.write_share": 0.5,
     "broadcast.queue_limit": 10000,
     "history.size": 50,
     "broker.engine": "memory",
