@@ -120,15 +120,16 @@ class FlushPacer:
 
         ``cpu`` is the thread's CPU time at ``now``: the part of the time since
         the last update that the loop spent working pays debt off but earns
-        no credit beyond what it had; only the idle part does. Without it
-        (and before the first reading) all of that time counts as idle."""
+        no credit beyond what it had; the idle part pays and earns
+        :data:`IDLE_WEIGHT` times as fast. Without it (and before the first
+        reading) all of that time counts as working time."""
         if now > self._at:
             earned = now - self._at
             cap = self.burst
             if cpu is not None:
                 if self._cpu_at is not None:
                     idle = max(earned - max(cpu - self._cpu_at, 0.0), 0.0)
-                    cap = min(cap, max(self._credit, 0.0) + idle)
+                    cap = min(cap, max(self._credit, 0.0) + IDLE_WEIGHT * idle)
                     earned += (IDLE_WEIGHT - 1.0) * idle
                 self._cpu_at = cpu
             self._credit = min(cap, self._credit + earned)

@@ -215,5 +215,27 @@ def test_idle_time_pays_faster_and_earns_a_pass() -> None:
     idle_to_pay = 0.004 / IDLE_WEIGHT
     assert pacer.delay(t + idle_to_pay / 2, cpu) == pytest.approx(0.002)
     assert pacer.delay(t + idle_to_pay, cpu) == 0.0
-    # and more idle time earns credit, up to one pass (4 ms here)
+    # and more idle time earns credit, as fast, up to one pass (4 ms here)
+    assert pacer.credit(t + idle_to_pay + 0.001 / IDLE_WEIGHT, cpu) == pytest.approx(0.001)
     assert pacer.credit(t + 1.0, cpu) == pytest.approx(0.004)
+
+
+def test_light_load_between_long_passes_writes_each_pass_at_once() -> None:
+    """10,000 subscribers at 10 messages/s: a pass of 10 chunks costs 60 ms,
+    then 40 ms of idle. The idle time must earn the whole next pass, chunk
+    after chunk with no wait (it did not when idle earned at one to one)."""
+    pacer = make(share=0.5)
+    pacer.pass_size = 10_000
+    t = cpu = 0.0
+    for _chunk in range(10):  # the first pass measures what writes cost
+        pacer.record(t, t + 0.006, cpu, cpu + 0.006, written=1000)
+        t += 0.006
+        cpu += 0.006
+    t += 1.0
+    for _message in range(20):
+        for _chunk in range(10):
+            assert pacer.delay(t, cpu) == 0.0
+            pacer.record(t, t + 0.006, cpu, cpu + 0.006, written=1000)
+            t += 0.006
+            cpu += 0.006
+        t += 0.040  # idle until the next message

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import StartServer
+from tests.conftest import Running, StartServer
 from tests.server.conftest import (
+    Client,
+    RawClient,
     RawConnect,
     WsConnect,
     client_frame,
@@ -20,6 +22,17 @@ from tests.server.conftest import (
     json_frame,
     wait_until,
 )
+
+
+async def watched(
+    running_server: StartServer, ws_client: WsConnect, raw_client: RawConnect
+) -> tuple[Running, Client, RawClient]:
+    """A server that takes publishes from clients, a watcher subscribed to
+    ``t``, and a raw client to publish with."""
+    running = await running_server(websocket__allow_client_publish=True)
+    watcher = await ws_client(running)
+    await watcher.subscribe(["t"])
+    return running, watcher, await raw_client(running)
 
 
 def publish(i: int, type_: str = "t") -> bytes:
@@ -96,10 +109,7 @@ async def test_recovery_then_close_in_one_write_recovers(
 async def test_publish_then_fin_without_a_close_frame_is_answered(
     running_server: StartServer, ws_client: WsConnect, raw_client: RawConnect
 ) -> None:
-    running = await running_server(websocket__allow_client_publish=True)
-    watcher = await ws_client(running)
-    await watcher.subscribe(["t"])
-    raw = await raw_client(running)
+    running, watcher, raw = await watched(running_server, ws_client, raw_client)
     raw.send_bytes(publish(7))
     raw.writer.write_eof()  # FIN right behind the publish
     ack = await raw.read_json()
@@ -116,10 +126,7 @@ async def test_publish_then_fin_without_a_close_frame_is_answered(
 async def test_a_framing_error_after_a_publish_fails_after_answering_it(
     running_server: StartServer, ws_client: WsConnect, raw_client: RawConnect
 ) -> None:
-    running = await running_server(websocket__allow_client_publish=True)
-    watcher = await ws_client(running)
-    await watcher.subscribe(["t"])
-    raw = await raw_client(running)
+    _, watcher, raw = await watched(running_server, ws_client, raw_client)
     # an unmasked frame is a protocol error (1002), right behind the publish
     raw.send_bytes(publish(1) + client_frame(b"{}", mask=False) + publish(2))
     ack = await raw.read_json()
