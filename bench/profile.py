@@ -9,7 +9,7 @@ fan-out core, frame parsing, the event loop, aiohttp, the rest of Python.
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py -n 1000 --rate 3000          # 1k subscribers
     .venv/bin/python bench/profile.py -n 10000 --rate 10           # 10k at 10/s
-    .venv/bin/python bench/profile.py --set websocket.direct_write=false   # the transport's write
+    .venv/bin/python bench/profile.py --set broadcast.write_share=0.3     # a server setting
     AIOSRV_NO_EXTENSIONS=1 .venv/bin/python bench/profile.py ...   # the pure twin
 
 The raw samples stay in ``bench/results/raw/profile-*.txt`` (py-spy's raw
@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=100, help="payload bytes")
     ap.add_argument("--seconds", type=float, default=8, help="py-spy recording time")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a server setting, e.g. websocket.direct_write=false (repeatable)")
+                    help="a server setting, e.g. broadcast.write_share=0.3 (repeatable)")
     args = ap.parse_args()
     spy = VENV / "py-spy"
     client = BENCH / "loadclient"

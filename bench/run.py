@@ -133,8 +133,6 @@ SERVERS = {
                pub="inloop-http", scenarios=("saturation", "sweep")),
         Server("aiosrv-pure", "aiosrv, pure-Python core (AIOSRV_NO_EXTENSIONS=1), HTTP publisher", AIOSRV,
                pub="http", env={"AIOSRV_NO_EXTENSIONS": "1"}),
-        Server("aiosrv-transport-write", "aiosrv (compiled), writes through the transport, HTTP publisher",
-               AIOSRV + ["--set", "websocket.direct_write=false"], pub="http"),
         Server("aiohttp-naive", "obvious aiohttp loop", _py_peer("aiohttp_naive.py")),
         Server("websockets", "websockets.broadcast", _py_peer("websockets_broadcast.py")),
         Server("picows", "picows", _py_peer("picows_server.py"),
@@ -150,7 +148,7 @@ SERVERS = {
                needs=str(BENCH / "peers" / "node_ws" / "node_modules" / "ws")),
     ]
 }
-# opt-in: aiosrv-transport-write (the A/B of the core's own writev), aiosrv-http-batched
+# opt-in: aiosrv-http-batched
 DEFAULT_SERVERS = ["aiosrv", "aiosrv-ws", "aiosrv-batched", "aiosrv-pure", "aiohttp-naive", "websockets",
                    "picows", "node-ws", "uws", "uws-socketify"]
 SWEEP_SERVERS = ["aiosrv", "aiosrv-ws", "uws", "picows"]
