@@ -84,12 +84,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
 #define RBUF (256 * 1024)   /* shared read buffer */
-#define HIST (64 * 64)      /* log-scale buckets: 64 per power of two */
 #define EV_STDIN 0xFFFFFFFFu
 #define MAXSRC 250
 
@@ -130,7 +131,7 @@ static int nsrc = 1, src_auto = 1;
 static struct sockaddr_in dst;
 
 static int opened, upgraded, failed, closed_open;
-static long long hist[HIST], hist_count, hist_max, hist_sum;
+static hist_t lat_h; /* delivery latency */
 static long long step_id = 0, data_frames, stale_frames, other_frames;
 static long long first_recv_ns, last_recv_ns;
 static long long last_data_ns;
@@ -151,42 +152,6 @@ static int http_inflight; /* messages in the outstanding POST, 0 if none */
 static long long http_batches;
 static unsigned char *http_resp; static size_t http_resp_len, http_resp_cap;
 static int pub_ready;
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-/* ---------- latency histogram ---------- */
-static int bucket(long long ns) {
-    if (ns < 1) ns = 1;
-    int e = 63 - __builtin_clzll((unsigned long long)ns);
-    int f = e >= 6 ? (int)((ns >> (e - 6)) & 63) : (int)((ns << (6 - e)) & 63);
-    int b = e * 64 + f;
-    return b >= HIST ? HIST - 1 : b;
-}
-static double bucket_value(int b) { /* the bucket's middle */
-    int e = b / 64, f = b % 64;
-    return (double)(1ULL << e) * (1.0 + (f + 0.5) / 64.0);
-}
-static double percentile(double p) {
-    if (!hist_count) return 0;
-    long long want = (long long)(p * hist_count);
-    if (want >= hist_count) want = hist_count - 1;
-    long long seen = 0;
-    for (int i = 0; i < HIST; i++) {
-        seen += hist[i];
-        if (seen > want) { double v = bucket_value(i); return v > hist_max ? hist_max : v; }
-    }
-    return hist_max;
-}
 
 /* ---------- frames ---------- */
 /* find "key":<digits> in p[0..n); *next is set past the number (the publisher
@@ -280,10 +245,7 @@ static void on_data(conn_t *c, const unsigned char *pl, size_t n, long long now)
     if (npubc > 1 && !find_after(pl, n, q, "\"c\":", &ci, &q)) ci = 0;
     long long lat = now - t;
     if (!min_t_seen || t < min_t_seen) min_t_seen = t;
-    hist[bucket(lat)]++;
-    hist_count++;
-    hist_sum += lat;
-    if (lat > hist_max) hist_max = lat;
+    hadd(&lat_h, lat);
     if (late_ns_abort && lat > late_ns_abort) {
         late_seen = 1;
         if (abort_pid > 0 && !abort_sent) { abort_sent = 1; kill(abort_pid, SIGUSR1); }
@@ -406,7 +368,7 @@ static int ceiling(int with_sockets) {
         printf("%s{\"payload_bytes\": %d, \"frame_bytes\": %zu, \"frames_per_second\": %.0f}", si ? ", " : "",
                sizes[si], off / count, frames / secs);
         free(buf);
-        memset(hist, 0, sizeof hist);
+        hreset(&lat_h);
     }
     printf("]");
     if (!with_sockets) { printf("}\n"); return 0; }
@@ -772,8 +734,7 @@ static void reset_step(void) {
     bad_c = min_t_seen = 0;
     abort_sent = 0;
     if (lastn) memset(lastn, 0xff, (size_t)nconns * npubc * sizeof *lastn); /* -1 */
-    memset(hist, 0, sizeof hist);
-    hist_count = hist_max = hist_sum = 0;
+    hreset(&lat_h);
     data_frames = stale_frames = other_frames = 0;
     first_recv_ns = last_recv_ns = 0;
     late_seen = 0;
@@ -865,13 +826,13 @@ static void print_step(double rate, double secs, int size, int subs, int closed_
            expected > data_frames ? expected - data_frames : 0, lost, lost, disorder, bad_c, stale_frames,
            other_frames, closed_open - closed_before, minr, maxr, del_secs,
            del_secs > 0 ? data_frames / del_secs : 0.0, (end - start) / 1e9, cpu, cpu / ((end - start) / 1e9),
-           hist_count, hist_count ? hist_sum / (double)hist_count / 1e6 : 0.0, percentile(0.5) / 1e6,
-           percentile(0.9) / 1e6, percentile(0.99) / 1e6, percentile(0.999) / 1e6, hist_max / 1e6,
-           hist_max, hist_sum);
+           lat_h.n, lat_h.n ? lat_h.sum / (double)lat_h.n / 1e6 : 0.0, hpct(&lat_h, 0.5) / 1e6,
+           hpct(&lat_h, 0.9) / 1e6, hpct(&lat_h, 0.99) / 1e6, hpct(&lat_h, 0.999) / 1e6, lat_h.max / 1e6,
+           lat_h.max, lat_h.sum);
     /* the histogram, sparse ([bucket, count] ...), so that several client processes can be merged */
     int first = 1;
     for (int i = 0; i < HIST; i++)
-        if (hist[i]) { printf("%s[%d,%lld]", first ? "" : ",", i, hist[i]); first = 0; }
+        if (lat_h.c[i]) { printf("%s[%d,%lld]", first ? "" : ",", i, lat_h.c[i]); first = 0; }
     printf("]}\n");
     fflush(stdout);
 }

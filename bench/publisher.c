@@ -69,17 +69,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HIST (64 * 64)
+#include "benchutil.h"
+
 #define EV_TIMER 0xFFFFFFFEu
 #define EV_STDIN 0xFFFFFFFDu
 
 enum { MODE_HTTP = 1, MODE_WS = 2 };
 enum { C_CLOSED, C_OPEN };
-
-typedef struct {
-    long long c[HIST];
-    long long n, max, sum;
-} hist_t;
 
 typedef struct {
     int fd, state, idx;
@@ -105,49 +101,6 @@ static char pad[70000];
 static hist_t late_h, resp_h;
 static long long closed_in_step, bad_status, other_status_first;
 static uint32_t mask_state = 0x9e3779b9u;
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
-/* ---------- log-scale histogram, about 1% wide buckets (as loadclient's) ---------- */
-static int bucket(long long ns) {
-    if (ns < 1) ns = 1;
-    int e = 63 - __builtin_clzll((unsigned long long)ns);
-    int f = e >= 6 ? (int)((ns >> (e - 6)) & 63) : (int)((ns << (6 - e)) & 63);
-    int b = e * 64 + f;
-    return b >= HIST ? HIST - 1 : b;
-}
-static double bucket_value(int b) {
-    int e = b / 64, f = b % 64;
-    return (double)(1ULL << e) * (1.0 + (f + 0.5) / 64.0);
-}
-static void hadd(hist_t *h, long long ns) {
-    if (ns < 0) ns = 0;
-    h->c[bucket(ns)]++;
-    h->n++;
-    h->sum += ns;
-    if (ns > h->max) h->max = ns;
-}
-static double hpct(const hist_t *h, double p) {
-    if (!h->n) return 0;
-    long long want = (long long)(p * h->n);
-    if (want >= h->n) want = h->n - 1;
-    long long seen = 0;
-    for (int i = 0; i < HIST; i++) {
-        seen += h->c[i];
-        if (seen > want) { double v = bucket_value(i); return v > h->max ? h->max : v; }
-    }
-    return h->max;
-}
 
 static void on_usr1(int sig) { (void)sig; abort_flag = 1; }
 
@@ -435,8 +388,8 @@ static void run_step(long long sid, double rate, double secs, int sz, double dra
     step_id = sid;
     size = sz;
     abort_flag = 0;
-    memset(&late_h, 0, sizeof late_h);
-    memset(&resp_h, 0, sizeof resp_h);
+    hreset(&late_h);
+    hreset(&resp_h);
     closed_in_step = bad_status = 0;
     int reopened = 0;
     for (int i = 0; i < nconns; i++) {

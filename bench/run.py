@@ -415,7 +415,8 @@ class Proc:
 
 def build_tools() -> None:
     for exe, src in ((CLIENT, BENCH / "loadclient.c"), (PUBLISHER, BENCH / "publisher.c")):
-        if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        newest = max(src.stat().st_mtime, (BENCH / "benchutil.h").stat().st_mtime)
+        if not exe.exists() or exe.stat().st_mtime < newest:
             cc = os.environ.get("CC", "cc")
             subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
 
