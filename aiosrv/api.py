@@ -79,7 +79,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     server = _server(request)
-    server.sampler.sample(server)
+    server.sampler.sample()
     return json_response(stats_snapshot(server))
 
 
@@ -97,7 +97,7 @@ async def config(request: web.Request) -> web.Response:
 
 async def ws_stats(request: web.Request) -> web.Response:
     server = _server(request)
-    server.sampler.sample(server)
+    server.sampler.sample()
     snap = connections_snapshot(server)
     snap["closing"] = len(server.closing_connections)
     snap["draining"] = server.draining
@@ -178,12 +178,12 @@ def _gc_stats() -> dict[str, Any]:
 @token_required
 async def gc_collect(request: web.Request) -> web.Response:
     server = _server(request)
-    server.sampler.sample(server, force=True)
+    server.sampler.sample(force=True)
     rss_before = server.sampler.rss
     t0 = time.perf_counter()
     collected = [gc.collect(gen) for gen in (0, 1, 2)]
     elapsed = time.perf_counter() - t0
-    server.sampler.sample(server, force=True)
+    server.sampler.sample(force=True)
     log.info("memory: gc collected %s objects in %.1f ms", collected, elapsed * 1000)
     return json_response(
         {
@@ -201,7 +201,7 @@ async def gc_collect(request: web.Request) -> web.Response:
 async def gc_stats(request: web.Request) -> web.Response:
     server = _server(request)
     body = _gc_stats()
-    server.sampler.sample(server)
+    server.sampler.sample()
     body["rss_mb"] = round(server.sampler.rss / 1048576, 1)
     return json_response(body)
 

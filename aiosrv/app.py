@@ -14,10 +14,10 @@ from aiohttp import web
 
 from .api import API_ROUTES, METRICS_ROUTES
 from .config import Config, default_config
-from .connection import websocket_handler
-from .keys import REGISTRY, SERVER
+from .keys import REGISTRY, SERVER, SESSIONS
 from .metrics import make_registry
 from .server import Server
+from .upgrade import session_context, websocket_handler
 
 __all__ = ["REGISTRY", "SERVER", "create_app"]
 
@@ -55,6 +55,7 @@ def create_app(
     if "api" in parts:
         app.add_routes(API_ROUTES)
     if "ws" in parts:
+        app[SESSIONS] = session_context(server)
         app.add_routes(_ws_routes(server.config))
     if owns:
         # on_shutdown runs before aiohttp cancels the handlers: clients get 1001

@@ -13,30 +13,61 @@ look-ups, whatever the number of connections.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from .clock import Clock, Timer
+from .counters import Counters
 from .errors import CloseCode
-from .fanout import OP_PING, encode_frame
-
-if TYPE_CHECKING:
-    from .server import Server
+from .fanout import OP_PING, FanOut, encode_frame
 
 log = logging.getLogger("aiosrv.heartbeat")
 
 PING_FRAME = encode_frame(b"", OP_PING)
 
 
+class Closable(Protocol):
+    """What the heartbeat needs of a connection (a subscriber's ``owner``)."""
+
+    id: str
+    closing: bool
+
+    def close_soon(self, code: int, reason: str, *, drop_pending: bool = False) -> None: ...
+
+
 class Heartbeat:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self._timer: asyncio.TimerHandle | None = None
+    """Pings and silence timeouts for every connection of ``core``.
+
+    ``settings()`` gives the current ``(heartbeat_interval,
+    heartbeat_timeout)``; ``schedule_flush`` sends the pings queued (the
+    hub's paced flush); ``is_draining()`` stops the checks during shutdown."""
+
+    def __init__(
+        self,
+        core: FanOut,
+        settings: Callable[[], tuple[float, float]],
+        schedule_flush: Callable[[], None],
+        counters: Counters,
+        clock: Clock,
+        is_draining: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.core = core
+        self._get_settings = settings
+        self._schedule_flush = schedule_flush
+        self.counters = counters
+        self.clock = clock
+        self._is_draining = is_draining
+        self._timer: Timer | None = None
         self._settings: tuple[float, float] | None = None
 
     @property
     def pings_sent(self) -> int:
-        return int(self.server.core.pings)
+        return int(self.core.pings)
+
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
 
     def start(self) -> None:
         self.configure()
@@ -46,19 +77,15 @@ class Heartbeat:
         """Give the core's wheel the configured interval and timeout (at start
         and after a reload); pings due later than one new interval from now are
         brought forward."""
-        cfg = self.server.config.websocket
-        self.server.core.configure_heartbeat(
-            cfg.heartbeat_interval, cfg.heartbeat_timeout, self.server.loop.time()
-        )
-        self._settings = (cfg.heartbeat_interval, cfg.heartbeat_timeout)
+        interval, timeout = self._settings = self._get_settings()
+        self.core.configure_heartbeat(interval, timeout, self.clock.time())
 
     def reschedule(self) -> None:
         """Re-read the interval and timeout now (after a reload); nothing to do
         when neither changed."""
         if self._timer is None:
             return
-        cfg = self.server.config.websocket
-        if self._settings == (cfg.heartbeat_interval, cfg.heartbeat_timeout):
+        if self._settings == self._get_settings():
             return
         self._timer.cancel()
         try:
@@ -72,25 +99,23 @@ class Heartbeat:
             self._timer = None
 
     def _arm(self) -> None:
-        self._timer = self.server.loop.call_later(self.server.core.heartbeat_tick, self._tick)
+        self._timer = self.clock.call_later(self.core.heartbeat_tick, self._tick)
 
     def _tick(self) -> None:
         try:
-            self.tick(self.server.loop.time())
+            self.tick(self.clock.time())
         except Exception:  # never let one bad tick stop the heartbeat
             log.exception("heartbeat tick failed")
         self._arm()
 
     def tick(self, now: float) -> None:
-        server = self.server
-        if server.draining:
+        if self._is_draining():
             return
-        core = server.core
-        for sub in core.heartbeat(now, PING_FRAME):
-            conn = sub.owner
+        for sub in self.core.heartbeat(now, PING_FRAME):
+            conn: Closable | None = sub.owner
             if conn is None or conn.closing:
                 continue
-            server.stats.heartbeat_timeouts += 1
+            self.counters.heartbeat_timeouts += 1
             log.info(
                 "Client %s heartbeat timeout: no traffic for %.1fs", conn.id, now - sub.last_seen
             )
@@ -100,4 +125,4 @@ class Heartbeat:
                 log.exception("Client %s: closing after heartbeat timeout failed", conn.id)
         # Pings ride the next flush, paced with the data. A ping that overflowed
         # a slow consumer queued nothing, but the consumer must still be closed.
-        server.hub.schedule_flush()
+        self._schedule_flush()

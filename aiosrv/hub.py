@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .broker import Broker, Publication
+from .clock import Clock, LoopClock, Timer
 from .errors import BrokerUnavailable, QueueFull
 from .fanout import OP_TEXT, FanOut, Subscriber, encode_frame
 from .pacing import IDLE_WEIGHT, FlushPacer, PacerSettings
@@ -61,9 +61,6 @@ RECOVERY_WAIT = 1.0
 #: that arrive meanwhile are read and fanned out, and the connections not yet
 #: written in this pass carry their messages at once.
 FLUSH_CHUNK = 1000
-
-
-Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
@@ -88,27 +85,26 @@ class Hub:
         core: FanOut,
         broker: Broker,
         settings: HubSettings,
-        loop: asyncio.AbstractEventLoop | None = None,
-        clock: Clock = time.monotonic,
-        cpu_clock: Clock = time.thread_time,
+        on_overflow: Callable[[list[Subscriber]], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``on_overflow`` closes the connections the core gave up on (over
+        their send-buffer limit, or their transport failed); ``clock`` times
+        flushes and sets the hub's timers (:class:`~aiosrv.clock.LoopClock`
+        unless given)."""
         self.core = core
         self.broker = broker
         self.settings = settings
-        self._loop = loop
-        # Times flushes: a real clock, not the loop's (uvloop's time() is the
-        # iteration's start, the same before and after a flush).
-        self._clock = clock
-        # the thread's CPU time: how busy the loop is besides flushing
-        self._cpu_clock = cpu_clock
-        self.pacer = FlushPacer(_pacer_settings(settings), clock())
+        self._on_overflow = on_overflow
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.pacer = FlushPacer(_pacer_settings(settings), self.clock.time())
         self.queue: deque[Publication] = deque()
-        self._drain_handle: asyncio.Handle | None = None
+        self._drain_handle: Timer | None = None
         # the next flush (or the next chunk of one), when armed
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: Timer | None = None
         # connections with a reply to write at the end of this iteration
         self._prompt: list[Subscriber] = []
-        self._prompt_handle: asyncio.Handle | None = None
+        self._prompt_handle: Timer | None = None
         self._recent: dict[str, deque[Publication]] = {}
         self._last_fanned: dict[str, int] = {}
         self._unflushed = 0  # messages fanned out since the last flush
@@ -124,12 +120,6 @@ class Hub:
         self.compressed_bytes_in = 0
         self.compressed_bytes_out = 0
         broker.bind(self._on_publication)
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     def configure(self, settings: HubSettings) -> None:
         """Apply new settings (hot reload); the history ring is resized in place."""
@@ -192,7 +182,7 @@ class Hub:
         if len(self.queue) > self.queue_high_water:
             self.queue_high_water = len(self.queue)
         if self._drain_handle is None:
-            self._drain_handle = self.loop.call_soon(self._drain)
+            self._drain_handle = self.clock.call_soon(self._drain)
 
     # -- fan-out and flushing --------------------------------------------------
 
@@ -220,7 +210,7 @@ class Hub:
         self.fanned_out += n
         self._unflushed += n
         if queue:
-            self._drain_handle = self.loop.call_soon(self._drain)
+            self._drain_handle = self.clock.call_soon(self._drain)
         self.schedule_flush()
 
     def _deflate(self, data: bytes) -> bytes:
@@ -239,7 +229,7 @@ class Hub:
     def drain_now(self, deadline: float) -> None:
         """Fan out the whole queue and write everything, without yielding
         (shutdown), until ``deadline`` on the loop's clock."""
-        while self.queue and self.loop.time() < deadline:
+        while self.queue and self.clock.time() < deadline:
             self._drain()
         self.flush(everything=True)
 
@@ -252,13 +242,13 @@ class Hub:
             # A flush is armed. Under load the loop serves its timers late
             # (after a whole iteration of requests), so whoever queues frames
             # next and finds the wait over flushes at once.
-            if self.pacer.delay(self._clock(), self._cpu_clock()) <= 0:
+            if self.pacer.delay(self.clock.time(), self.clock.cpu_time()) <= 0:
                 self.flush(True)
             return
         if not self.core.dirty_count:
             self.close_given_up()  # a frame refused at the limit queued nothing
             return
-        delay = self.pacer.delay(self._clock(), self._cpu_clock())
+        delay = self.pacer.delay(self.clock.time(), self.clock.cpu_time())
         if delay <= 0:
             self.flush()
         else:
@@ -271,19 +261,19 @@ class Hub:
         never longer than ``delay`` in all."""
         if delay > 0:
             # uvloop's timers count whole milliseconds and can fire up to one early
-            deadline = self._clock() + delay
-            self._flush_handle = self.loop.call_later(
+            deadline = self.clock.time() + delay
+            self._flush_handle = self.clock.call_later(
                 delay / IDLE_WEIGHT + 0.001, self._flush_when_paid, deadline
             )
         else:
-            self._flush_handle = self.loop.call_soon(self.flush)
+            self._flush_handle = self.clock.call_soon(self.flush)
 
     def _flush_when_paid(self, deadline: float) -> None:
         self._flush_handle = None
-        now = self._clock()
-        if self.pacer.delay(now, self._cpu_clock()) > 0 and now < deadline:
+        now = self.clock.time()
+        if self.pacer.delay(now, self.clock.cpu_time()) > 0 and now < deadline:
             # the loop was busy meanwhile: wait the rest off, up to the deadline
-            self._flush_handle = self.loop.call_later(deadline - now + 0.001, self.flush, True)
+            self._flush_handle = self.clock.call_later(deadline - now + 0.001, self.flush, True)
         else:
             self.flush(True)
 
@@ -296,8 +286,8 @@ class Hub:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        clock = self._clock
-        cpu_clock = self._cpu_clock
+        clock = self.clock.time
+        cpu_clock = self.clock.cpu_time
         core = self.core
         pacer = self.pacer
         pacer.pass_size = core.subscriber_count
@@ -317,8 +307,8 @@ class Hub:
         their send-buffer limit, or their transport failed) to ``on_overflow``.
         :meth:`flush` ends with it; call it after queuing outside a flush."""
         to_close = self.core.take_to_close()
-        if to_close:
-            self.on_overflow(to_close)
+        if to_close and self._on_overflow is not None:
+            self._on_overflow(to_close)
 
     def write_soon(self, sub: Subscriber) -> None:
         """Write this connection at the end of the loop iteration (a reply
@@ -326,24 +316,21 @@ class Hub:
         without flushing anyone else."""
         self._prompt.append(sub)
         if self._prompt_handle is None:
-            self._prompt_handle = self.loop.call_soon(self._write_prompt)
+            self._prompt_handle = self.clock.call_soon(self._write_prompt)
 
     def _write_prompt(self) -> None:
         self._prompt_handle = None
         subs = self._prompt
         self._prompt = []
         core = self.core
-        clock = self._clock
-        cpu_clock = self._cpu_clock
+        clock = self.clock.time
+        cpu_clock = self.clock.cpu_time
         start = clock()
         cpu_start = cpu_clock()
         for sub in subs:
             self.prompt_writes += core.write(sub)
         self.pacer.charge(start, clock(), cpu_start, cpu_clock())
         self.close_given_up()
-
-    def on_overflow(self, subs: list[Subscriber]) -> None:
-        """Replaced by the server: close these connections (1013 when overflowed)."""
 
     # -- recovery ------------------------------------------------------------
 
@@ -387,15 +374,12 @@ class Hub:
 
     async def _fanned_through(self, type_: str, seq: int) -> None:
         """Wait (at most ``RECOVERY_WAIT`` seconds) until ``seq`` of a type is fanned out."""
-        deadline = self.loop.time() + RECOVERY_WAIT
-        while self._last_fanned.get(type_, 0) < seq and self.loop.time() < deadline:
+        deadline = self.clock.time() + RECOVERY_WAIT
+        while self._last_fanned.get(type_, 0) < seq and self.clock.time() < deadline:
             await asyncio.sleep(0 if self.queue else 0.005)
 
     def _latest_known(self, type_: str) -> int:
-        latest = getattr(self.broker, "latest_seq", None)
-        if latest is not None:
-            return int(latest(type_))
-        return self._last_fanned.get(type_, 0)
+        return self.broker.latest_seq(type_)
 
     # -- introspection ---------------------------------------------------------
 
@@ -418,7 +402,7 @@ class Hub:
             "flush_ms": round(pacer.cost_ewma * 1000, 3),
             "last_flush_ms": round(pacer.last_cost * 1000, 3),
             "seconds_writing": round(pacer.seconds_writing, 3),
-            "flush_credit_ms": round(pacer.credit(self._clock()) * 1000, 3),
+            "flush_credit_ms": round(pacer.credit(self.clock.time()) * 1000, 3),
             "flush_pending": self._flush_handle is not None,
             "compression": self.settings.compression,
             "compression_threshold": self.settings.compression_threshold,

@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
     from .server import Server
+    from .session import SessionContext
 
 SERVER: web.AppKey[Server] = web.AppKey("aiosrv_server")
+#: what the WebSocket sessions of the app's server share (upgrade.session_context)
+SESSIONS: web.AppKey[SessionContext] = web.AppKey("aiosrv_sessions")
 REGISTRY = web.AppKey("aiosrv_registry", CollectorRegistry)

@@ -21,7 +21,7 @@ TOP = 15
 
 
 def memory_report(server: Server) -> list[str]:
-    server.sampler.sample(server, force=True)
+    server.sampler.sample(force=True)
     lines = []
     core = server.core
     conns = len(server.connections)

@@ -29,7 +29,7 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self.server
-        s.sampler.sample(s)
+        s.sampler.sample()
         core, hub, st = s.core, s.hub, s.stats
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

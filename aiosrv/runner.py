@@ -25,6 +25,7 @@ from .config import Config, ConfigError
 from .logs import reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
+from .upgrade import AiohttpMismatch, check_aiohttp, listening_sockets, stop_listening
 
 log = logging.getLogger("aiosrv.runner")
 
@@ -82,8 +83,7 @@ class Runner:
                     f"aiosrv: cannot listen on {host}:{port} for {'+'.join(parts)}: {exc}"
                 ) from None
             self.runners.append(runner)
-            listening = getattr(site._server, "sockets", None) or []
-            addrs = [sock.getsockname()[:2] for sock in listening]
+            addrs = [sock.getsockname()[:2] for sock in listening_sockets(site)]
             for part in parts:
                 self.bound[part] = addrs
 
@@ -136,9 +136,7 @@ class Runner:
         # stop accepting first: close the listening sockets
         for runner in self.runners:
             for site in list(runner.sites):
-                srv = getattr(site, "_server", None)
-                if srv is not None:
-                    srv.close()
+                stop_listening(site)
         await server.shutdown()
         for runner in self.runners:
             await runner.cleanup()
@@ -191,6 +189,11 @@ def serve(
     config: Config, *, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
 ) -> int:
     setup_logging(config.logging.level, config.logging.file)
+    try:
+        check_aiohttp()
+    except AiohttpMismatch as exc:
+        announce(logging.ERROR, f"aiosrv: {exc}")
+        return 2
     if config.diagnostics.tracemalloc:
         import tracemalloc
 

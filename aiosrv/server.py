@@ -1,9 +1,14 @@
 """The server's state and life cycle, independent of ports and sites.
 
-:class:`Server` owns the fan-out core, the broker, the hub, the connections,
-the background tasks (heartbeat, built-in sources) and the configuration, and
-knows how to reload it and how to shut down. ``app.py`` exposes it over HTTP
-and WebSocket routes; ``runner.py`` binds those to ports and signals.
+:class:`Server` is the composition root: it builds the fan-out core, the
+broker, the hub, the heartbeat, the sampler and the built-in sources, and
+hands each the narrow dependencies it needs (the core, the hub's methods, a
+getter of its part of the configuration, the counters, the clock). None of
+them knows the server. It keeps the open connections (any :class:`Client`:
+the WebSocket sessions register themselves), the configuration, and knows how
+to reload it and how to shut down. ``app.py`` and ``upgrade.py`` expose it
+over HTTP and WebSocket routes; ``runner.py`` binds those to ports and
+signals. Nothing below this module imports it.
 """
 
 from __future__ import annotations
@@ -11,25 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from . import __version__
 from .broker import Broker, Publication
 from .broker_memory import MemoryBroker
+from .clock import Clock, LoopClock
 from .config import Change, Config, ConfigError, apply_live, diff_config, load_config
-from .connection import Connection
+from .counters import Counters, Sampler
 from .errors import CloseCode
 from .fanout import IMPLEMENTATION, FanOut, Subscriber
 from .heartbeat import Heartbeat
 from .hub import Hub, HubSettings
 from .logs import set_level
 from .sources import Sources
-from .stats import Counters, Sampler
+from .stats import source_snapshots
 
 log = logging.getLogger("aiosrv.server")
 
@@ -60,6 +65,29 @@ def make_broker(config: Config) -> Broker:
             ) from exc
         return RedisBroker(config)  # type: ignore[no-any-return,unused-ignore]
     raise ConfigError.single("broker.engine", config.broker.engine, "unknown engine")
+
+
+class Client(Protocol):
+    """An open connection as the server sees it (``session.Session`` is one)."""
+
+    id: str
+    peer: str
+    sub: Subscriber
+    closing: bool
+    close_code: int | None
+
+    def close_soon(self, code: int, reason: str, *, drop_pending: bool = False) -> None:
+        """Close after answering what the client sent and sending what is
+        queued (``drop_pending``: at once, dropping it)."""
+        ...
+
+    def unwritten(self) -> int:
+        """Bytes its socket has not written yet."""
+        ...
+
+    def end(self, abort: bool = False) -> None:
+        """Close its socket (``abort``: without writing what is left)."""
+        ...
 
 
 @dataclass
@@ -95,47 +123,81 @@ class Server:
         *,
         env: dict[str, str] | None = None,
         overrides: dict[str, Any] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         # what a reload re-reads: the same file, env and flags as at start-up
         self._reload_env = env
         self._reload_overrides = overrides or {}
         self.instance_id = secrets.token_hex(4)
-        self.core = FanOut()
-        self.broker = make_broker(config)
-        self.hub = Hub(self.core, self.broker, hub_settings(config))
-        self.hub.on_overflow = self._close_overflowed  # type: ignore[method-assign]
-        self.connections: dict[str, Connection] = {}
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.stats = Counters()
+        self.connections: dict[str, Client] = {}
         #: connections whose close has begun: their socket lingers until the
         #: client answers the close frame or CLOSE_TIMEOUT passes
-        self.closing_connections: set[Connection] = set()
-        self.stats = Counters()
-        self.sampler = Sampler()
+        self.closing_connections: set[Client] = set()
         self.draining = False
-        self.started_at = time.monotonic()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.heartbeat = Heartbeat(self)
-        self.sources = Sources(self)
         self.started = False
+        self.started_at = self.clock.time()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+        self.core = FanOut()
+        self.broker = make_broker(config)
+        self.hub = Hub(
+            self.core,
+            self.broker,
+            hub_settings(config),
+            on_overflow=self._close_overflowed,
+            clock=self.clock,
+        )
+        self.heartbeat = Heartbeat(
+            self.core,
+            settings=self._heartbeat_settings,
+            schedule_flush=self.hub.schedule_flush,
+            counters=self.stats,
+            clock=self.clock,
+            is_draining=self._is_draining,
+        )
+        self.sampler = Sampler(self._totals, self.clock)
+        self.sources = Sources(
+            source_snapshots(self),
+            publish=self.hub.publish,
+            type_counts=self.core.type_counts,
+            settings=lambda: self.config.sources,
+            sampler=self.sampler,
+            counters=self.stats,
+            clock=self.clock,
+            is_draining=self._is_draining,
+        )
+
+    # -- what the collaborators read -------------------------------------------
+
+    def _heartbeat_settings(self) -> tuple[float, float]:
+        cfg = self.config.websocket
+        return cfg.heartbeat_interval, cfg.heartbeat_timeout
+
+    def _is_draining(self) -> bool:
+        return self.draining
+
+    def _totals(self) -> tuple[int, int, int, int]:
+        stats = self.stats
+        return (
+            self.hub.fanned_out,
+            self.core.delivered,
+            stats.messages_in,
+            sum(stats.errors.values()),
+        )
 
     # -- life cycle ------------------------------------------------------------
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
-
-    @property
     def uptime(self) -> float:
-        return time.monotonic() - self.started_at
+        return self.clock.time() - self.started_at
 
     async def start(self) -> None:
         if self.started:
             return
-        self._loop = asyncio.get_running_loop()
-        self.started_at = time.monotonic()
+        self.started_at = self.clock.time()
         await self.broker.start()
         self.heartbeat.start()
         self.sources.start()
@@ -150,7 +212,7 @@ class Server:
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background coroutine the server waits for at shutdown."""
-        task = self.loop.create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -161,23 +223,19 @@ class Server:
         if grace is None:
             grace = self.config.shutdown.grace_period
         self.draining = True
-        deadline = self.loop.time() + grace
+        clock = self.clock
+        deadline = clock.time() + grace
         # fan out what is already queued, so in-flight messages are delivered
         self.hub.drain_now(deadline)
         for conn in list(self.connections.values()):
             conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
         # wait for the close frames to be written (not for the clients' answers)
         while (
-            self.connections
-            or self._tasks
-            or any(c.transport.get_write_buffer_size() for c in self.closing_connections)
-        ) and self.loop.time() < deadline:
+            self.connections or self._tasks or any(c.unwritten() for c in self.closing_connections)
+        ) and clock.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in [*self.connections.values(), *self.closing_connections]:
-            if conn.transport.get_write_buffer_size():
-                conn.transport.abort()  # the grace period is over
-            else:
-                conn.transport.close()
+            conn.end(abort=conn.unwritten() > 0)  # after the grace period: abort
         await self.stop()
 
     async def stop(self) -> None:
@@ -210,12 +268,12 @@ class Server:
             )
         return None
 
-    def register(self, conn: Connection) -> None:
+    def register(self, conn: Client) -> None:
         self.connections[conn.id] = conn
         self.core.add(conn.sub)
         self.stats.connections_total += 1
 
-    def unregister(self, conn: Connection) -> None:
+    def unregister(self, conn: Client) -> None:
         """The connection is no longer open (its close began, or its socket
         went); idempotent."""
         if self.connections.pop(conn.id, None) is None:
@@ -224,9 +282,18 @@ class Server:
         if conn.close_code is not None:
             self.stats.closes[conn.close_code] += 1
 
+    def lingering(self, conn: Client) -> None:
+        """Its close began: the socket stays until the client answers."""
+        self.closing_connections.add(conn)
+
+    def gone(self, conn: Client) -> None:
+        """Its socket is closed."""
+        self.unregister(conn)
+        self.closing_connections.discard(conn)
+
     def _close_overflowed(self, subs: list[Subscriber]) -> None:
         for sub in subs:
-            conn: Connection | None = sub.owner
+            conn: Client | None = sub.owner
             if conn is None:
                 continue
             if sub.overflowed:

@@ -13,26 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import orjson
 
+from .clock import Clock
+from .counters import Counters, Sampler
 from .errors import ClientError
-from .stats import health_snapshot, stats_snapshot, status_snapshot
-
-if TYPE_CHECKING:
-    from .server import Server
 
 log = logging.getLogger("aiosrv.sources")
 
 VOLATILE = ("timestamp", "uptime_seconds")
 
-SOURCES: dict[str, Callable[[Server], dict[str, Any]]] = {
-    "status": status_snapshot,
-    "stats": stats_snapshot,
-    "health": health_snapshot,
-}
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class SourceSettings(Protocol):
+    """The ``sources`` section of the configuration."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def max_silence(self) -> float: ...
 
 
 def _signature(snapshot: dict[str, Any]) -> bytes:
@@ -42,8 +49,29 @@ def _signature(snapshot: dict[str, Any]) -> bytes:
 
 
 class Sources:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    """Publishes ``snapshots`` (type -> function making its value) through
+    ``publish`` while ``settings().enabled``; ``type_counts()`` gives the
+    subscribers per type (a type that gained some is published at once)."""
+
+    def __init__(
+        self,
+        snapshots: Mapping[str, Snapshot],
+        publish: Callable[[str, Any], Awaitable[Any]],
+        type_counts: Callable[[], Mapping[str, int]],
+        settings: Callable[[], SourceSettings],
+        sampler: Sampler,
+        counters: Counters,
+        clock: Clock,
+        is_draining: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.snapshots = dict(snapshots)
+        self._publish = publish
+        self._type_counts = type_counts
+        self._settings = settings
+        self.sampler = sampler
+        self.counters = counters
+        self.clock = clock
+        self._is_draining = is_draining
         self._task: asyncio.Task[None] | None = None
         self._last_sig: dict[str, bytes] = {}
         self._last_sent: dict[str, float] = {}
@@ -63,31 +91,30 @@ class Sources:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         while True:
-            interval = self.server.config.sources.interval
-            expected = loop.time() + interval
+            interval = self._settings().interval
+            expected = clock.time() + interval
             await asyncio.sleep(interval)
-            self.server.sampler.loop_lag = max(0.0, loop.time() - expected)
+            self.sampler.loop_lag = max(0.0, clock.time() - expected)
             try:
-                await self.tick(loop.time())
+                await self.tick(clock.time())
             except Exception:
                 log.exception("built-in sources tick failed")
 
     async def tick(self, now: float) -> int:
         """Sample and publish what changed; returns how many types were published."""
-        server = self.server
-        server.sampler.sample(server, force=True)
-        cfg = server.config.sources
-        if not cfg.enabled or server.draining:
+        self.sampler.sample(force=True)
+        cfg = self._settings()
+        if not cfg.enabled or self._is_draining():
             return 0
         n = 0
         # Sample every type before publishing any: otherwise the later snapshots
         # count this tick's own publications (queue depth) as a change.
-        snaps = [(type_, make(server)) for type_, make in SOURCES.items()]
+        snaps = [(type_, make()) for type_, make in self.snapshots.items()]
         # A type that gained subscribers is published now, changed or not, so a
         # new subscriber waits one interval for its first value, not max_silence.
-        counts = server.core.type_counts()
+        counts = self._type_counts()
         for type_, snap in snaps:
             sig = _signature(snap)
             last = self._last_sent.get(type_)
@@ -101,13 +128,13 @@ class Sources:
             ):
                 continue
             try:
-                await server.hub.publish(type_, snap)
+                await self._publish(type_, snap)
             except ClientError as exc:  # queue full or broker down: try next tick
                 log.warning("built-in source %s not published: %s", type_, exc.message)
                 continue
             self._last_sig[type_] = sig
             self._last_sent[type_] = now
-            server.stats.published_sources += 1
+            self.counters.published_sources += 1
             n += 1
         self.published += n
         return n

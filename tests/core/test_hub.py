@@ -9,43 +9,34 @@ import orjson
 import pytest
 
 from aiosrv.broker_memory import MemoryBroker
+from aiosrv.clock import ManualClock
 from aiosrv.errors import ErrorCode, InvalidMessage, QueueFull, ReservedType
 from aiosrv.fanout import encode_frame
 from aiosrv.hub import Hub, HubSettings
 from tests.core.conftest import FakeTransport, decode_frames
 
 
-class FakeClock:
-    """A clock the test moves: the hub times flushes with it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class CostlyTransport(FakeTransport):
-    """A FakeTransport whose every write takes ``cost`` seconds on ``clock``."""
+    """A FakeTransport whose every write keeps the loop busy ``cost`` seconds
+    on ``clock``."""
 
-    def __init__(self, clock: FakeClock, cost: float) -> None:
+    def __init__(self, clock: ManualClock, cost: float) -> None:
         super().__init__()
         self.clock = clock
         self.cost = cost
 
     def write(self, data: bytes) -> None:
-        self.clock.now += self.cost
+        self.clock.busy(self.cost)
         super().write(data)
 
 
-def make_hub(impl, clock=None, **settings):
+def make_hub(impl, clock=None, on_overflow=None, **settings):
+    """A hub on the real loop's clock, or on ``clock`` (a ManualClock: nothing
+    runs until the test steps or advances it)."""
     hs = HubSettings(**settings)
     broker = MemoryBroker(hs.history_size)
     core = impl.FanOut()
-    if clock is None:
-        hub = Hub(core, broker, hs)
-    else:
-        hub = Hub(core, broker, hs, clock=clock, cpu_clock=clock)
+    hub = Hub(core, broker, hs, on_overflow=on_overflow, clock=clock)
     return hub, broker, core
 
 
@@ -199,82 +190,114 @@ async def test_low_rate_flushes_in_the_same_iteration(impl):
 
 
 async def test_a_costly_flush_paces_the_next_and_it_carries_what_came_meanwhile(impl):
-    clock = FakeClock()
+    clock = ManualClock()
     hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0, write_share=0.5)
     subs = [
         connect(impl, core, f"s{i}", {"t": None}, transport=CostlyTransport(clock, 0.002))
         for i in range(5)
     ]  # a flush writes five connections: 10 ms
     await hub.publish("t", 0)
-    await asyncio.sleep(0)
+    clock.step()
     assert [seqs(s) for s in subs] == [[1]] * 5  # written at once
     assert hub.pacer.last_cost == pytest.approx(0.010)
     # a flush costs more than the credit left: the next waits off its debt
     # (10 ms at write_share 0.5, less the 1 ms of credit a fresh hub has)
     for i in range(1, 4):
         await hub.publish("t", i)
-        await asyncio.sleep(0)
+        clock.step()
     assert [seqs(s) for s in subs] == [[1]] * 5
     stats = hub.queue_stats()
     assert stats["flush_pending"] is True
     assert stats["flush_credit_ms"] == pytest.approx(-9.0)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await wait_for(lambda: seqs(subs[-1]) == [1, 2, 3, 4])
-    assert loop.time() - started >= 0.008  # held back, not written at once
+    # an idle loop pays 3 ms of debt a millisecond (IDLE_WEIGHT): 9 ms take 3
+    # ms, and the timer looks 1 ms later (uvloop's timers can fire early)
+    clock.advance(0.0039)
+    assert [seqs(s) for s in subs] == [[1]] * 5
+    clock.advance(0.0002)
+    assert [seqs(s) for s in subs] == [[1, 2, 3, 4]] * 5
     # one write per connection carried the three messages
     assert all(len(s.transport.writes) == 2 for s in subs)
     assert hub.queue_stats()["paced_flushes"] == 1
     assert hub.coalesced_flushes == 1
 
 
+async def test_a_busy_loop_pays_debt_at_its_own_pace(impl):
+    clock = ManualClock()
+    hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0, write_share=0.5)
+    s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 0.010))
+    await hub.publish("t", 0)
+    clock.step()
+    await hub.publish("t", 1)
+    clock.step()  # 9 ms of debt
+    for _ in range(8):  # the loop serves other work: 1 ms pays 1 ms, no credit
+        clock.busy(0.001)
+        clock.step()
+    assert seqs(s) == [1]
+    # paid off at 9 ms; the timer looks 1 ms after (uvloop's fire early)
+    clock.busy(0.0019)
+    clock.step()
+    assert seqs(s) == [1]
+    clock.busy(0.0002)
+    clock.step()
+    assert seqs(s) == [1, 2]
+
+
 async def test_a_burst_is_fanned_out_in_batches_and_coalesced(impl):
-    clock = FakeClock()
+    clock = ManualClock()
     hub, _, core = make_hub(impl, clock=clock, batch_size=100, flush_interval=1.0)
     s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 0.005))
     for i in range(250):
         await hub.publish("t", i)
     assert len(hub.queue) == 250
-    await asyncio.sleep(0)
+    clock.step()
     # one drain takes batch_size messages, and the credit pays for their write
     assert len(hub.queue) == 150
     assert len(s.transport.writes) == 1
     assert seqs(s) == list(range(1, 101))
-    await wait_for(lambda: not hub.queue and core.pending_bytes_total() == 0)
+    clock.step()  # the next drains, one batch an iteration: the rest waits
+    clock.step()  # for the first write's debt
+    assert not hub.queue
+    assert len(s.transport.writes) == 1
+    clock.advance(0.005)
     # the rest waited off the first write's cost, then went out in one write
+    assert core.pending_bytes_total() == 0
     assert seqs(s) == list(range(1, 251))
     assert len(s.transport.writes) == 2
     assert [m["payload"] for m in received(s)] == list(range(250))
 
 
 async def test_the_wait_is_bounded_by_flush_interval(impl):
-    clock = FakeClock()
+    clock = ManualClock()
     hub, _, core = make_hub(impl, clock=clock, flush_interval=0.05)
     s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 10.0))
     await hub.publish("t", 0)
-    await asyncio.sleep(0)
+    clock.step()
     await hub.publish("t", 1)  # owes ten seconds, but waits flush_interval at most
-    await asyncio.sleep(0)
+    clock.step()
     assert seqs(s) == [1]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await wait_for(lambda: seqs(s) == [1, 2])
-    assert 0.03 <= loop.time() - started < 1.0
+    for _ in range(50):  # a busy loop: 50 ms of work, one iteration a millisecond
+        clock.busy(0.001)
+        clock.step()
+    assert seqs(s) == [1]
+    clock.busy(0.0011)
+    clock.step()
+    assert seqs(s) == [1, 2]
 
 
 async def test_light_load_after_heavy_flushes_at_once_again(impl):
-    clock = FakeClock()
+    clock = ManualClock()
     hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
     s = connect(impl, core, "s", {"t": None}, transport=CostlyTransport(clock, 0.003))
     for i in range(20):
         await hub.publish("t", i)
-        await asyncio.sleep(0)
-    await wait_for(lambda: core.pending_bytes_total() == 0)
+        clock.step()
+    clock.advance(0.1)
+    assert core.pending_bytes_total() == 0
     assert len(s.transport.writes) < 20  # paced
-    clock.now += 1.0  # a quiet second earns the credit back
+    clock.advance(1.0)  # a quiet second earns the credit back
     writes = len(s.transport.writes)
     await hub.publish("t", "after")
-    await asyncio.sleep(0)
+    clock.step()
     assert len(s.transport.writes) == writes + 1
     assert seqs(s) == list(range(1, 22))
 
@@ -300,35 +323,35 @@ async def test_a_pass_is_written_in_chunks_and_serves_the_loop_between(impl, mon
 
 
 async def test_write_soon_writes_that_connection_only(impl):
-    clock = FakeClock()
+    clock = ManualClock()
     hub, _, core = make_hub(impl, clock=clock, flush_interval=1.0)
     a = connect(impl, core, "a", {"t": None}, transport=CostlyTransport(clock, 0.004))
     b = connect(impl, core, "b", {"t": None}, transport=CostlyTransport(clock, 0.004))
     await hub.publish("t", 0)
-    await asyncio.sleep(0)
+    clock.step()
     await hub.publish("t", 1)  # paced: waits for the flush timer
-    await asyncio.sleep(0)
+    clock.step()
     assert seqs(a) == seqs(b) == [1]
     reply = encode_frame(b'{"type":"pong"}')
     core.send(a, reply)
     hub.write_soon(a)
     hub.write_soon(a)  # once is enough
     assert len(a.transport.writes) == 1
-    await asyncio.sleep(0)
+    clock.step()
     # a's pending data, then its reply, in one write; b still waits for the flush
     assert a.transport.writes[-1] == hub_frame(hub._recent["t"][-1]) + reply
     assert seqs(b) == [1]
     assert hub.queue_stats()["prompt_writes"] == 1
-    await wait_for(lambda: seqs(b) == [1, 2])
+    clock.advance(1.0)
+    assert seqs(b) == [1, 2]
     assert len(a.transport.writes) == 2  # the flush found nothing left for a
 
 
 async def test_overflowed_subscribers_are_handed_to_on_overflow(impl):
-    hub, _, core = make_hub(impl)
+    closed = []
+    hub, _, core = make_hub(impl, on_overflow=closed.extend)
     slow = connect(impl, core, "slow", {"t": None}, limit=300)
     fast = connect(impl, core, "fast", {"t": None})
-    closed = []
-    hub.on_overflow = closed.extend
     await hub.publish("t", "x" * 100)
     await asyncio.sleep(0)
     slow.transport.buffer_size = 250  # the kernel stops taking its bytes

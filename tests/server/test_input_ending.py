@@ -140,9 +140,9 @@ async def test_a_framing_error_after_a_publish_fails_after_answering_it(
 async def test_a_request_stuck_in_the_broker_does_not_hold_the_socket_forever(
     running_server: StartServer, raw_client: RawConnect, monkeypatch
 ) -> None:
-    from aiosrv import connection
+    from aiosrv import session
 
-    monkeypatch.setattr(connection, "CLOSE_TIMEOUT", 0.2)
+    monkeypatch.setattr(session, "CLOSE_TIMEOUT", 0.2)
     running = await running_server(websocket__allow_client_publish=True)
     stuck = asyncio.Event()
 

@@ -159,7 +159,7 @@ async def test_cpu_usage_stays_within_what_the_machine_has(
         t = time.perf_counter()
         while time.perf_counter() - t < 0.002:
             pass
-        server.sampler.sample(server, force=True)
+        server.sampler.sample(force=True)
         readings.append(server.sampler.cpu_percent)
     assert max(readings) <= ceiling, max(readings)
     assert max(readings) > 0  # the busy loop was seen
