@@ -2,7 +2,9 @@
 
 Sequence numbers and history live in dicts keyed by type; publishing is
 synchronous under the hood (the coroutine never suspends), so a message is in
-history and handed to the hub before ``publish`` returns.
+history and handed to the hub before ``publish`` returns. It needs no
+start(); after close() it is down (publish and history raise
+BrokerUnavailable) until start() again, with its numbering and history kept.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections import deque
 from typing import Any
 
 from .broker import Broker, BrokerHealth, HistoryPage, Publication
+from .errors import BrokerUnavailable
 from .protocol import encode_data, now_ms
 
 
@@ -22,9 +25,21 @@ class MemoryBroker(Broker):
         self._history_size = history_size
         self._seq: dict[str, int] = {}
         self._history: dict[str, deque[Publication]] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"broker {self.name} is closed")
 
     def publish_now(self, type_: str, payload: Any, key: str | None = None) -> Publication:
         """Synchronous publish, for callers already on the event loop."""
+        self._check_open()
         seq = self._seq.get(type_, 0) + 1
         self._seq[type_] = seq
         ts = now_ms()
@@ -42,11 +57,14 @@ class MemoryBroker(Broker):
         return self.publish_now(type_, payload, key)
 
     async def history(self, type_: str, limit: int, since: int | None = None) -> HistoryPage:
+        self._check_open()
         hist = self._history.get(type_, ())
         latest = self._seq.get(type_, 0)
         oldest = hist[0].seq if hist else 0
-        if since is None:
-            messages = list(hist)[-limit:] if limit > 0 else []
+        if limit <= 0:
+            messages = []
+        elif since is None:
+            messages = list(hist)[-limit:]
         else:
             messages = [p for p in hist if p.seq > since][:limit]
         return HistoryPage(messages, oldest, latest)
@@ -55,6 +73,8 @@ class MemoryBroker(Broker):
         return self._seq.get(type_, 0)
 
     def health(self) -> BrokerHealth:
+        if self._closed:
+            return BrokerHealth(False, "closed", {"engine": self.name})
         return BrokerHealth(True, "", {"engine": self.name})
 
     def set_history_size(self, size: int) -> None:
