@@ -2,7 +2,7 @@
 
 Load order (each layer overrides the one before it, key by key):
 
-1. built-in defaults (the ``default`` column of :data:`FIELDS`);
+1. built-in defaults (the default of each dataclass field below);
 2. a YAML file: the ``path`` argument, else the file named by ``$AIOSRV_CONFIG``,
    else ``config/deployment.yaml`` (relative to the working directory) if it exists;
 3. environment variables (``WEBSOCKET_PORT``, ``LOG_LEVEL``, ... see :data:`ENV_VARS`);
@@ -16,20 +16,16 @@ Secret values (``api.token``, ``redis.password``) never appear in messages.
 
 Hot reload (SIGHUP or ``POST /admin/reload-config``) re-runs the load and
 calls :func:`apply_live`: *live* settings take their new value at once; the
-others (listen addresses and ports, broker, Redis, log file, monitoring,
-tracemalloc, the informational ``service_discovery`` and ``scaling``
-sections) keep their running value and are reported as needing a restart.
-Live settings: ``environment``, ``websocket.max_connections``,
-``websocket.max_subscriptions_per_client``, ``websocket.heartbeat_interval``,
-``websocket.heartbeat_timeout``, ``websocket.max_message_size`` (for new
-connections), ``websocket.send_buffer_limit``, ``websocket.allow_client_publish``,
-``websocket.compression`` (for new connections), ``websocket.compression_threshold``,
-``websocket.compression_level``, ``api.token``, ``broadcast.*``, ``history.size``,
-``logging.level``, ``sources.*`` and ``shutdown.grace_period``.
+others keep their running value and are reported as needing a restart.
 
-:data:`FIELDS` is the single source of truth: parsing, environment variable
-names, live/restart, secrets, the section dataclass defaults and the
-documentation table are all derived from it.
+Each key is declared once, as a field of :class:`Config` or of one of its
+section dataclasses, with :func:`_key`: the field's type and default are the
+key's, and its ``metadata[SPEC]`` is a :class:`FieldSpec` carrying the rest
+(kind, environment variables, live or restart-only, secret, description,
+bounds). :data:`FIELDS` is read off those fields once, at import; parsing,
+environment variable names, live/restart, secrets and the documentation table
+are all derived from it. ``docs/configuration.md`` carries
+:func:`env_table_markdown`'s output.
 """
 
 from __future__ import annotations
@@ -53,6 +49,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_VARS",
     "FIELDS",
+    "SPEC",
     "ApiConfig",
     "BroadcastConfig",
     "BrokerConfig",
@@ -85,6 +82,9 @@ CONFIG_PATH_ENV = "AIOSRV_CONFIG"
 #: Shown instead of a secret value, in ``to_dict()``, problems and changes.
 REDACTED = "***"
 
+#: The metadata key under which a configuration field carries its :class:`FieldSpec`.
+SPEC = "aiosrv.config"
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -98,7 +98,7 @@ Kind = Literal["str", "optional_str", "int", "float", "duration", "size", "bool"
 class FieldSpec:
     """One configuration key: how it is parsed, checked, named and applied."""
 
-    path: str  # dotted key path, e.g. "websocket.port"
+    path: str  # dotted key path, e.g. "websocket.port" ("" until read off its field)
     type: Kind  # "duration" = float seconds, "size" = int bytes, "paths" = tuple[str, ...]
     default: Any
     env: tuple[str, ...]  # environment variable names, highest priority first
@@ -111,6 +111,7 @@ class FieldSpec:
     exclusive_minimum: bool = False
     choices: tuple[str, ...] = ()
     case: Literal["upper", "lower"] | None = None  # enum input normalisation
+    at_least: str | None = None  # dotted path of a key this one must not be below
 
     @property
     def section(self) -> str | None:
@@ -143,6 +144,7 @@ def _constraint_text(
     maximum: float | None,
     exclusive_minimum: bool,
     choices: tuple[str, ...],
+    at_least: str | None,
 ) -> str:
     parts: list[str] = []
     if choices:
@@ -154,6 +156,8 @@ def _constraint_text(
         parts.append(f"{'>' if exclusive_minimum else '>='} {_fmt_number(minimum, kind)}")
     elif maximum is not None:
         parts.append(f"<= {_fmt_number(maximum, kind)}")
+    if at_least is not None:
+        parts.append(f">= {at_least}")
     if kind == "paths":
         parts.append("each starts with /")
     if kind in ("str",):
@@ -161,8 +165,7 @@ def _constraint_text(
     return ", ".join(parts)
 
 
-def _f(
-    path: str,
+def _key(
     kind: Kind,
     default: Any,
     env: str | tuple[str, ...] | None,
@@ -175,295 +178,213 @@ def _f(
     exclusive_minimum: bool = False,
     choices: tuple[str, ...] = (),
     case: Literal["upper", "lower"] | None = None,
-    constraint: str | None = None,
-) -> FieldSpec:
+    at_least: str | None = None,
+) -> Any:
+    """A dataclass field that is a configuration key (its metadata: a :class:`FieldSpec`).
+
+    *env* names the environment variables, highest priority first; *at_least*
+    is the dotted path of a key whose value this one must not be below.
+    """
     names: tuple[str, ...] = () if env is None else (env,) if isinstance(env, str) else env
-    if constraint is None:
-        constraint = _constraint_text(kind, minimum, maximum, exclusive_minimum, choices)
-    return FieldSpec(
-        path=path,
+    spec = FieldSpec(
+        path="",
         type=kind,
         default=default,
         env=names,
         live=live,
         secret=secret,
         description=description,
-        constraint=constraint,
+        constraint=_constraint_text(kind, minimum, maximum, exclusive_minimum, choices, at_least),
         minimum=minimum,
         maximum=maximum,
         exclusive_minimum=exclusive_minimum,
         choices=choices,
         case=case,
+        at_least=at_least,
     )
+    return field(default=default, metadata={SPEC: spec})
 
 
 LIVE = True
 RESTART = False
 
-FIELDS: tuple[FieldSpec, ...] = (
-    _f("environment", "str", "development", "ENVIRONMENT", LIVE,
-       "Deployment name, e.g. development or production."),
-    # websocket
-    _f("websocket.host", "str", "0.0.0.0", "WEBSOCKET_HOST", RESTART,
-       "Address the WebSocket listener binds to."),
-    _f("websocket.port", "int", 8765, "WEBSOCKET_PORT", RESTART,
-       "Port of the WebSocket listener (0: any free port).", minimum=0, maximum=65535),
-    _f("websocket.paths", "paths", ("/ws/realtime", "/ws", "/"), None, RESTART,
-       "URL paths that accept WebSocket upgrades."),
-    _f("websocket.max_connections", "int", 10000, "MAX_CONNECTIONS", LIVE,
-       "Most simultaneous WebSocket connections.", minimum=1),
-    _f("websocket.max_subscriptions_per_client", "int", 100, "MAX_SUBSCRIPTIONS_PER_CLIENT",
-       LIVE, "Most subscriptions one client may hold.", minimum=1),
-    _f("websocket.heartbeat_interval", "duration", 30.0, "HEARTBEAT_INTERVAL", LIVE,
-       "Seconds between server pings.", minimum=0, exclusive_minimum=True),
-    _f("websocket.heartbeat_timeout", "duration", 60.0, "HEARTBEAT_TIMEOUT", LIVE,
-       "Seconds without client traffic before closing with 4000.",
-       minimum=0, exclusive_minimum=True, constraint="> 0, >= websocket.heartbeat_interval"),
-    _f("websocket.max_message_size", "size", MiB, "MAX_MESSAGE_SIZE", LIVE,
-       "Largest client message in bytes (1009 beyond it); applies to new connections.",
-       minimum=125, maximum=64 * MiB),
-    _f("websocket.send_buffer_limit", "size", MiB, "SEND_BUFFER_LIMIT", LIVE,
-       "Per-connection pending output in bytes; a slower consumer is closed with 1013.",
-       minimum=1024),
-    _f("websocket.allow_client_publish", "bool", False, "ALLOW_CLIENT_PUBLISH", LIVE,
-       "Whether WebSocket clients may publish messages themselves."),
-    _f("websocket.compression", "bool", False, "WEBSOCKET_COMPRESSION", LIVE,
-       "Offer permessage-deflate to clients that ask; applies to new connections."),
-    _f("websocket.compression_threshold", "size", 1024, "COMPRESSION_THRESHOLD", LIVE,
-       "Messages of at least this many bytes are compressed (once per message).",
-       minimum=0),
-    _f("websocket.compression_level", "int", 6, "COMPRESSION_LEVEL", LIVE,
-       "zlib level for compressed messages.", minimum=1, maximum=9),
-    _f("api.host", "str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to."),
-    _f("api.port", "int", 8080, "API_PORT", RESTART,
-       "Port of the HTTP API; equal to websocket.port serves both on one listener.",
-       minimum=0, maximum=65535),
-    _f("api.token", "optional_str", None, "API_TOKEN", LIVE,
-       "Token the HTTP API requires from callers; unset = no token required.",
-       secret=True),
-    # monitoring
-    _f("monitoring.enabled", "bool", True, "MONITORING_ENABLED", RESTART,
-       "Whether the metrics listener runs."),
-    _f("monitoring.metrics_port", "int", 9090, "METRICS_PORT", RESTART,
-       "Port of the metrics listener; equal to another port shares that listener.",
-       minimum=0, maximum=65535),
-    _f("monitoring.prometheus_enabled", "bool", True, "PROMETHEUS_ENABLED", RESTART,
-       "Whether /metrics serves the Prometheus text format."),
-    # broadcast
-    _f("broadcast.batch_size", "int", 100, "BROADCAST_BATCH_SIZE", LIVE,
-       "Most messages fanned out per loop iteration before the loop serves other work.",
-       minimum=1, maximum=100000),
-    _f("broadcast.flush_interval", "duration", 0.05, "BROADCAST_FLUSH_INTERVAL", LIVE,
-       "The longest a message waits for its flush while flushes are paced (light load: "
-       "no wait).",
-       minimum=0, maximum=10),
-    _f("broadcast.write_share", "float", 0.5, "BROADCAST_WRITE_SHARE", LIVE,
-       "Share of the loop's time writing to subscribers may take while messages keep "
-       "coming; beyond it flushes are spaced and each carries more messages.",
-       minimum=0.05, maximum=1.0),
-    _f("broadcast.queue_limit", "int", 10000, ("QUEUE_LIMIT", "MAX_QUEUE_SIZE"), LIVE,
-       "Most messages waiting for fan-out; publishes beyond it get queue_full.", minimum=1),
-    # history
-    _f("history.size", "int", 50, "HISTORY_SIZE", LIVE,
-       "Messages kept per type for history and recovery with `since`; 0 disables it.",
-       minimum=0, maximum=100000),
-    # broker
-    _f("broker.engine", "enum", "memory", "BROKER", RESTART,
-       "Message broker: embedded in-process, or Redis pub/sub for several instances.",
-       choices=("memory", "redis"), case="lower"),
-    # redis
-    _f("redis.host", "str", "localhost", "REDIS_HOST", RESTART, "Redis server host."),
-    _f("redis.port", "int", 6379, "REDIS_PORT", RESTART, "Redis server port.",
-       minimum=1, maximum=65535),
-    _f("redis.db", "int", 0, "REDIS_DB", RESTART, "Redis database number.",
-       minimum=0, maximum=15),
-    _f("redis.password", "optional_str", None, "REDIS_PASSWORD", RESTART,
-       "Redis password; unset = no AUTH.", secret=True),
-    _f("redis.channel_prefix", "str", "aiosrv", "REDIS_PREFIX", RESTART,
-       "Prefix of the Redis channel names, to share one Redis between deployments."),
-    # logging
-    _f("logging.level", "enum", "INFO", "LOG_LEVEL", LIVE,
-       "Log level (any case on input).",
-       choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), case="upper"),
-    _f("logging.file", "optional_str", None, "LOG_FILE", RESTART,
-       "Log file path (e.g. logs/websocket-server.log); unset = standard error only."),
-    # sources
-    _f("sources.enabled", "bool", True, "SOURCES_ENABLED", LIVE,
-       "Whether the built-in data sources run."),
-    _f("sources.interval", "duration", 1.0, "SOURCES_INTERVAL", LIVE,
-       "Seconds between samples of the built-in status, stats and health types.",
-       minimum=0, exclusive_minimum=True),
-    _f("sources.max_silence", "duration", 5.0, "SOURCES_MAX_SILENCE", LIVE,
-       "Longest a built-in type (status, stats, health) goes unpublished when unchanged.",
-       minimum=0, exclusive_minimum=True),
-    # shutdown
-    _f("shutdown.grace_period", "duration", 10.0, "SHUTDOWN_GRACE_PERIOD", LIVE,
-       "Seconds connections get to finish once shutdown begins.", minimum=0),
-    # diagnostics
-    _f("diagnostics.tracemalloc", "bool", False, "TRACEMALLOC", RESTART,
-       "Trace memory allocations (slow; for debugging leaks)."),
-    # service_discovery (informational)
-    _f("service_discovery.backend", "enum", "none", None, RESTART,
-       "Informational, for deployment tooling: service registry in use.",
-       choices=("none", "consul", "kubernetes"), case="lower"),
-    _f("service_discovery.consul_host", "str", "localhost", "CONSUL_HOST", RESTART,
-       "Informational, for deployment tooling: Consul agent host."),
-    _f("service_discovery.consul_port", "int", 8500, None, RESTART,
-       "Informational, for deployment tooling: Consul agent port.", minimum=1, maximum=65535),
-    # scaling (informational)
-    _f("scaling.min_instances", "int", 1, None, RESTART,
-       "Informational, for deployment tooling: fewest instances.", minimum=1),
-    _f("scaling.max_instances", "int", 1, None, RESTART,
-       "Informational, for deployment tooling: most instances.",
-       minimum=1, constraint=">= 1, >= scaling.min_instances"),
-    _f("scaling.target_cpu_utilization", "float", 70.0, None, RESTART,
-       "Informational, for deployment tooling: autoscaling CPU target in percent.",
-       minimum=0, maximum=100),
-    _f("scaling.target_memory_utilization", "float", 80.0, None, RESTART,
-       "Informational, for deployment tooling: autoscaling memory target in percent.",
-       minimum=0, maximum=100),
-)  # fmt: skip
-
-FIELDS_BY_PATH: dict[str, FieldSpec] = {spec.path: spec for spec in FIELDS}
-
-#: Environment variable name -> dotted key path.
-ENV_VARS: dict[str, str] = {name: spec.path for spec in FIELDS for name in spec.env}
-
-SECTIONS: tuple[str, ...] = tuple(
-    dict.fromkeys(spec.section for spec in FIELDS if spec.section is not None)
-)
-TOP_LEVEL_KEYS: tuple[str, ...] = tuple(spec.path for spec in FIELDS if spec.section is None)
-
-
-def _default(path: str) -> Any:
-    return FIELDS_BY_PATH[path].default
-
 
 # --------------------------------------------------------------------------- sections
+
+# One field per key: _key(kind, default, env, LIVE | RESTART, description, bounds...).
+# fmt: off
 
 
 @dataclass(frozen=True, slots=True)
 class WebSocketConfig:
-    host: str = _default("websocket.host")
-    port: int = _default("websocket.port")
-    paths: tuple[str, ...] = _default("websocket.paths")
-    max_connections: int = _default("websocket.max_connections")
-    max_subscriptions_per_client: int = _default("websocket.max_subscriptions_per_client")
-    heartbeat_interval: float = _default("websocket.heartbeat_interval")
-    heartbeat_timeout: float = _default("websocket.heartbeat_timeout")
-    max_message_size: int = _default("websocket.max_message_size")
-    send_buffer_limit: int = _default("websocket.send_buffer_limit")
-    allow_client_publish: bool = _default("websocket.allow_client_publish")
-    compression: bool = _default("websocket.compression")
-    compression_threshold: int = _default("websocket.compression_threshold")
-    compression_level: int = _default("websocket.compression_level")
+    host: str = _key("str", "0.0.0.0", "WEBSOCKET_HOST", RESTART,
+        "Address the WebSocket listener binds to.")
+    port: int = _key("int", 8765, "WEBSOCKET_PORT", RESTART,
+        "Port of the WebSocket listener (0: any free port).", minimum=0, maximum=65535)
+    paths: tuple[str, ...] = _key("paths", ("/ws/realtime", "/ws", "/"), None, RESTART,
+        "URL paths that accept WebSocket upgrades.")
+    max_connections: int = _key("int", 10000, "MAX_CONNECTIONS", LIVE,
+        "Most simultaneous WebSocket connections.", minimum=1)
+    max_subscriptions_per_client: int = _key("int", 100, "MAX_SUBSCRIPTIONS_PER_CLIENT", LIVE,
+        "Most subscriptions one client may hold.", minimum=1)
+    heartbeat_interval: float = _key("duration", 30.0, "HEARTBEAT_INTERVAL", LIVE,
+        "Seconds between server pings.", minimum=0, exclusive_minimum=True)
+    heartbeat_timeout: float = _key("duration", 60.0, "HEARTBEAT_TIMEOUT", LIVE,
+        "Seconds without client traffic before closing with 4000.",
+        minimum=0, exclusive_minimum=True, at_least="websocket.heartbeat_interval")
+    max_message_size: int = _key("size", MiB, "MAX_MESSAGE_SIZE", LIVE,
+        "Largest client message in bytes (1009 beyond it); applies to new connections.",
+        minimum=125, maximum=64 * MiB)
+    send_buffer_limit: int = _key("size", MiB, "SEND_BUFFER_LIMIT", LIVE,
+        "Per-connection pending output in bytes; a slower consumer is closed with 1013.",
+        minimum=1024)
+    allow_client_publish: bool = _key("bool", False, "ALLOW_CLIENT_PUBLISH", LIVE,
+        "Whether WebSocket clients may publish messages themselves.")
+    compression: bool = _key("bool", False, "WEBSOCKET_COMPRESSION", LIVE,
+        "Offer permessage-deflate to clients that ask; applies to new connections.")
+    compression_threshold: int = _key("size", 1024, "COMPRESSION_THRESHOLD", LIVE,
+        "Messages of at least this many bytes are compressed (once per message).", minimum=0)
+    compression_level: int = _key("int", 6, "COMPRESSION_LEVEL", LIVE,
+        "zlib level for compressed messages.", minimum=1, maximum=9)
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    host: str = _default("api.host")
-    port: int = _default("api.port")
-    token: str | None = _default("api.token")
+    host: str = _key("str", "0.0.0.0", "API_HOST", RESTART, "Address the HTTP API binds to.")
+    port: int = _key("int", 8080, "API_PORT", RESTART,
+        "Port of the HTTP API; equal to websocket.port serves both on one listener.",
+        minimum=0, maximum=65535)
+    token: str | None = _key("optional_str", None, "API_TOKEN", LIVE,
+        "Token the HTTP API requires from callers; unset = no token required.", secret=True)
 
 
 @dataclass(frozen=True, slots=True)
 class MonitoringConfig:
-    enabled: bool = _default("monitoring.enabled")
-    metrics_port: int = _default("monitoring.metrics_port")
-    prometheus_enabled: bool = _default("monitoring.prometheus_enabled")
+    enabled: bool = _key("bool", True, "MONITORING_ENABLED", RESTART,
+        "Whether the metrics listener runs.")
+    metrics_port: int = _key("int", 9090, "METRICS_PORT", RESTART,
+        "Port of the metrics listener; equal to another port shares that listener.",
+        minimum=0, maximum=65535)
+    prometheus_enabled: bool = _key("bool", True, "PROMETHEUS_ENABLED", RESTART,
+        "Whether /metrics serves the Prometheus text format.")
 
 
 @dataclass(frozen=True, slots=True)
 class BroadcastConfig:
-    batch_size: int = _default("broadcast.batch_size")
-    flush_interval: float = _default("broadcast.flush_interval")
-    write_share: float = _default("broadcast.write_share")
-    queue_limit: int = _default("broadcast.queue_limit")
+    batch_size: int = _key("int", 100, "BROADCAST_BATCH_SIZE", LIVE,
+        "Most messages fanned out per loop iteration before the loop serves other work.",
+        minimum=1, maximum=100000)
+    flush_interval: float = _key("duration", 0.05, "BROADCAST_FLUSH_INTERVAL", LIVE,
+        "The longest a message waits for its flush while flushes are paced (light load: "
+        "no wait).", minimum=0, maximum=10)
+    write_share: float = _key("float", 0.5, "BROADCAST_WRITE_SHARE", LIVE,
+        "Share of the loop's time writing to subscribers may take while messages keep "
+        "coming; beyond it flushes are spaced and each carries more messages.",
+        minimum=0.05, maximum=1.0)
+    queue_limit: int = _key("int", 10000, ("QUEUE_LIMIT", "MAX_QUEUE_SIZE"), LIVE,
+        "Most messages waiting for fan-out; publishes beyond it get queue_full.", minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryConfig:
-    size: int = _default("history.size")
+    size: int = _key("int", 50, "HISTORY_SIZE", LIVE,
+        "Messages kept per type for history and recovery with `since`; 0 disables it.",
+        minimum=0, maximum=100000)
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
-    engine: str = _default("broker.engine")
+    engine: str = _key("enum", "memory", "BROKER", RESTART,
+        "Message broker: embedded in-process, or Redis pub/sub for several instances.",
+        choices=("memory", "redis"), case="lower")
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    host: str = _default("redis.host")
-    port: int = _default("redis.port")
-    db: int = _default("redis.db")
-    password: str | None = _default("redis.password")
-    channel_prefix: str = _default("redis.channel_prefix")
+    """For the Redis broker engine (``broker.engine: redis``)."""
+
+    host: str = _key("str", "localhost", "REDIS_HOST", RESTART, "Redis server host.")
+    port: int = _key("int", 6379, "REDIS_PORT", RESTART, "Redis server port.",
+        minimum=1, maximum=65535)
+    db: int = _key("int", 0, "REDIS_DB", RESTART, "Redis database number.",
+        minimum=0, maximum=15)
+    password: str | None = _key("optional_str", None, "REDIS_PASSWORD", RESTART,
+        "Redis password; unset = no AUTH.", secret=True)
+    channel_prefix: str = _key("str", "aiosrv", "REDIS_PREFIX", RESTART,
+        "Prefix of the Redis channel names, to share one Redis between deployments.")
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: str = _default("logging.level")
-    file: str | None = _default("logging.file")
+    level: str = _key("enum", "INFO", "LOG_LEVEL", LIVE, "Log level (any case on input).",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), case="upper")
+    file: str | None = _key("optional_str", None, "LOG_FILE", RESTART,
+        "Log file path (e.g. logs/websocket-server.log); unset = standard error only.")
 
 
 @dataclass(frozen=True, slots=True)
 class SourcesConfig:
-    enabled: bool = _default("sources.enabled")
-    interval: float = _default("sources.interval")
-    max_silence: float = _default("sources.max_silence")
+    enabled: bool = _key("bool", True, "SOURCES_ENABLED", LIVE,
+        "Whether the built-in data sources run.")
+    interval: float = _key("duration", 1.0, "SOURCES_INTERVAL", LIVE,
+        "Seconds between samples of the built-in status, stats and health types.",
+        minimum=0, exclusive_minimum=True)
+    max_silence: float = _key("duration", 5.0, "SOURCES_MAX_SILENCE", LIVE,
+        "Longest a built-in type (status, stats, health) goes unpublished when unchanged.",
+        minimum=0, exclusive_minimum=True)
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownConfig:
-    grace_period: float = _default("shutdown.grace_period")
+    grace_period: float = _key("duration", 10.0, "SHUTDOWN_GRACE_PERIOD", LIVE,
+        "Seconds connections get to finish once shutdown begins.", minimum=0)
 
 
 @dataclass(frozen=True, slots=True)
 class DiagnosticsConfig:
-    tracemalloc: bool = _default("diagnostics.tracemalloc")
+    tracemalloc: bool = _key("bool", False, "TRACEMALLOC", RESTART,
+        "Trace memory allocations (slow; for debugging leaks).")
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceDiscoveryConfig:
     """Informational: read by deployment tooling, not acted on by the server."""
 
-    backend: str = _default("service_discovery.backend")
-    consul_host: str = _default("service_discovery.consul_host")
-    consul_port: int = _default("service_discovery.consul_port")
+    backend: str = _key("enum", "none", None, RESTART,
+        "Informational, for deployment tooling: service registry in use.",
+        choices=("none", "consul", "kubernetes"), case="lower")
+    consul_host: str = _key("str", "localhost", "CONSUL_HOST", RESTART,
+        "Informational, for deployment tooling: Consul agent host.")
+    consul_port: int = _key("int", 8500, None, RESTART,
+        "Informational, for deployment tooling: Consul agent port.", minimum=1, maximum=65535)
 
 
 @dataclass(frozen=True, slots=True)
 class ScalingConfig:
     """Informational: read by deployment tooling, not acted on by the server."""
 
-    min_instances: int = _default("scaling.min_instances")
-    max_instances: int = _default("scaling.max_instances")
-    target_cpu_utilization: float = _default("scaling.target_cpu_utilization")
-    target_memory_utilization: float = _default("scaling.target_memory_utilization")
+    min_instances: int = _key("int", 1, None, RESTART,
+        "Informational, for deployment tooling: fewest instances.", minimum=1)
+    max_instances: int = _key("int", 1, None, RESTART,
+        "Informational, for deployment tooling: most instances.",
+        minimum=1, at_least="scaling.min_instances")
+    target_cpu_utilization: float = _key("float", 70.0, None, RESTART,
+        "Informational, for deployment tooling: autoscaling CPU target in percent.",
+        minimum=0, maximum=100)
+    target_memory_utilization: float = _key("float", 80.0, None, RESTART,
+        "Informational, for deployment tooling: autoscaling memory target in percent.",
+        minimum=0, maximum=100)
 
 
-SECTION_TYPES: dict[str, type[Any]] = {
-    "websocket": WebSocketConfig,
-    "api": ApiConfig,
-    "monitoring": MonitoringConfig,
-    "broadcast": BroadcastConfig,
-    "history": HistoryConfig,
-    "broker": BrokerConfig,
-    "redis": RedisConfig,
-    "logging": LoggingConfig,
-    "sources": SourcesConfig,
-    "shutdown": ShutdownConfig,
-    "diagnostics": DiagnosticsConfig,
-    "service_discovery": ServiceDiscoveryConfig,
-    "scaling": ScalingConfig,
-}
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Immutable; build it with :func:`load_config`."""
 
-    environment: str = _default("environment")
+    environment: str = _key("str", "development", "ENVIRONMENT", LIVE,
+        "Deployment name, e.g. development or production.")  # fmt: skip
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
@@ -477,7 +398,7 @@ class Config:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     service_discovery: ServiceDiscoveryConfig = field(default_factory=ServiceDiscoveryConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    # The file this was loaded from, if any. Not a configuration key.
+    # The file this was loaded from, if any. Not a configuration key (no metadata).
     source_path: str | None = None
 
     def get(self, path: str) -> Any:
@@ -513,6 +434,45 @@ class Config:
         builder = _Builder.from_config(self)
         builder.apply_overrides(dotted, "override", skip_none=False)
         return builder.build(self.source_path)
+
+
+#: :class:`Config` fields that are not configuration keys.
+_NOT_KEYS = frozenset({"source_path"})
+
+
+def _bound(path: str, item: dataclasses.Field[Any]) -> FieldSpec:
+    spec = item.metadata.get(SPEC)
+    if not isinstance(spec, FieldSpec):
+        raise TypeError(f"configuration field {path!r} must be declared with _key(...)")
+    return dataclasses.replace(spec, path=path)
+
+
+def _read_schema() -> tuple[tuple[FieldSpec, ...], dict[str, type[Any]]]:
+    """Every key's :class:`FieldSpec` (with its path), in declaration order, and the
+    section dataclasses by section name, read off :class:`Config`'s fields."""
+    specs: list[FieldSpec] = []
+    sections: dict[str, type[Any]] = {}
+    for item in dataclasses.fields(Config):
+        section = item.default_factory
+        if dataclasses.is_dataclass(section) and isinstance(section, type):
+            sections[item.name] = section
+            specs.extend(_bound(f"{item.name}.{f.name}", f) for f in dataclasses.fields(section))
+        elif item.name not in _NOT_KEYS:
+            specs.append(_bound(item.name, item))
+    return tuple(specs), sections
+
+
+FIELDS: tuple[FieldSpec, ...]
+SECTION_TYPES: dict[str, type[Any]]
+FIELDS, SECTION_TYPES = _read_schema()
+
+FIELDS_BY_PATH: dict[str, FieldSpec] = {spec.path: spec for spec in FIELDS}
+
+#: Environment variable name -> dotted key path.
+ENV_VARS: dict[str, str] = {name: spec.path for spec in FIELDS for name in spec.env}
+
+SECTIONS: tuple[str, ...] = tuple(SECTION_TYPES)
+TOP_LEVEL_KEYS: tuple[str, ...] = tuple(spec.path for spec in FIELDS if spec.section is None)
 
 
 # --------------------------------------------------------------------------- problems
@@ -953,21 +913,15 @@ class _Builder:
                 self.set(spec, value, source)
 
     def cross_check(self) -> None:
-        def check(low: str, high: str, words: str) -> None:
-            if low in self.bad or high in self.bad:
-                return
-            lo, hi = self.values[low], self.values[high]
+        """Every key declared ``at_least`` another must not be below it."""
+        for spec in FIELDS:
+            low = spec.at_least
+            if low is None or low in self.bad or spec.path in self.bad:
+                continue
+            lo, hi = self.values[low], self.values[spec.path]
             if hi < lo:
-                shown = _show(lo)
-                self.problem(
-                    high,
-                    hi,
-                    f"must be {words} {low} ({shown}, from {self.sources[low]})",
-                    self.sources[high],
-                )
-
-        check("websocket.heartbeat_interval", "websocket.heartbeat_timeout", "at least")
-        check("scaling.min_instances", "scaling.max_instances", "at least")
+                reason = f"must be at least {low} ({_show(lo)}, from {self.sources[low]})"
+                self.problem(spec.path, hi, reason, self.sources[spec.path])
 
     def build(self, source_path: str | None) -> Config:
         self.cross_check()
@@ -1121,16 +1075,3 @@ def env_table_markdown() -> str:
             cells = [f"`{name}`", f"`{spec.path}`", _fmt_default(spec), when, description]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
-
-
-def _check_schema() -> None:
-    """FIELDS and the section dataclasses must describe the same keys."""
-    declared = {
-        f"{name}.{f.name}" for name, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)
-    } | {f.name for f in dataclasses.fields(Config) if f.name not in SECTION_TYPES}
-    declared.discard("source_path")
-    if declared != set(FIELDS_BY_PATH) or set(SECTION_TYPES) != set(SECTIONS):
-        raise RuntimeError(f"config schema mismatch: {declared ^ set(FIELDS_BY_PATH)}")
-
-
-_check_schema()

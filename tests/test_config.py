@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,18 @@ from aiosrv.config import (
     DEFAULT_CONFIG_PATH,
     ENV_VARS,
     FIELDS,
+    FIELDS_BY_PATH,
+    SECTION_TYPES,
+    SPEC,
     ApiConfig,
     Change,
     Config,
     ConfigError,
+    FieldSpec,
     Problem,
     RedisConfig,
     WebSocketConfig,
+    _bound,
     apply_live,
     check_file,
     default_config,
@@ -122,10 +128,96 @@ def test_defaults_attribute_access_and_dataclass_defaults() -> None:
     assert cfg.broadcast.flush_interval == 0.05
     assert cfg.logging.level == "INFO"
     assert cfg.source_path is None
-    # the dataclasses take their defaults from FIELDS too
+    # FIELDS takes its defaults from the dataclasses' fields
     assert Config() == cfg
     assert WebSocketConfig().heartbeat_timeout == 60.0
     assert RedisConfig().channel_prefix == "aiosrv"
+
+
+# The annotation each kind of key must have, as written in config.py.
+ANNOTATION_OF_KIND = {
+    "str": "str",
+    "enum": "str",
+    "optional_str": "str | None",
+    "int": "int",
+    "size": "int",
+    "float": "float",
+    "duration": "float",
+    "bool": "bool",
+    "paths": "tuple[str, ...]",
+}
+
+
+def _key_fields() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """(dotted path, dataclass field) of every field of Config and its sections."""
+    out: list[tuple[str, dataclasses.Field[Any]]] = []
+    for item in dataclasses.fields(Config):
+        if item.name == "source_path":
+            continue
+        section = SECTION_TYPES.get(item.name)
+        if section is None:
+            out.append((item.name, item))
+        else:
+            out.extend((f"{item.name}.{f.name}", f) for f in dataclasses.fields(section))
+    return out
+
+
+def test_every_field_carries_its_spec() -> None:
+    fields = _key_fields()
+    assert [path for path, _ in fields] == [spec.path for spec in FIELDS]
+    for path, item in fields:
+        carried = item.metadata[SPEC]
+        assert isinstance(carried, FieldSpec), path
+        # FIELDS is the carried spec with its path filled in; nothing else differs
+        assert FIELDS_BY_PATH[path] == dataclasses.replace(carried, path=path)
+        assert item.default == carried.default, path
+        assert item.type == ANNOTATION_OF_KIND[carried.type], path
+        assert carried.description.strip(), path
+
+
+def test_sections_are_the_config_fields_holding_dataclasses() -> None:
+    by_name = {item.name: item for item in dataclasses.fields(Config)}
+    holding = {
+        name: item.default_factory
+        for name, item in by_name.items()
+        if name not in ("environment", "source_path")
+    }
+    assert holding == SECTION_TYPES
+    assert SECTION_TYPES["websocket"] is WebSocketConfig
+    # source_path is the one field that is not a key
+    assert SPEC not in by_name["source_path"].metadata
+    assert "source_path" not in FIELDS_BY_PATH
+
+
+def test_a_field_without_a_spec_is_refused() -> None:
+    expected = re.escape("'websocket.extra' must be declared with _key(...)")
+    with pytest.raises(TypeError, match=expected):
+        _bound("websocket.extra", dataclasses.field(default=1))
+
+
+def test_every_default_passes_its_own_checks() -> None:
+    cfg = default_config()
+    for spec in FIELDS:
+        # replace() validates like an override: a default outside its own
+        # bounds or choices, or of the wrong type, would be refused here
+        assert cfg.replace(**{spec.path: spec.default}) == cfg, spec.path
+
+
+def test_cross_key_bounds_name_keys_of_the_same_kind() -> None:
+    bounded = {spec.path: spec.at_least for spec in FIELDS if spec.at_least is not None}
+    assert bounded == {
+        "websocket.heartbeat_timeout": "websocket.heartbeat_interval",
+        "scaling.max_instances": "scaling.min_instances",
+    }
+    for path, low in bounded.items():
+        assert FIELDS_BY_PATH[low].type == FIELDS_BY_PATH[path].type
+        assert FIELDS_BY_PATH[path].constraint.endswith(f">= {low}")
+
+
+def test_each_env_var_names_one_key() -> None:
+    names = [name for spec in FIELDS for name in spec.env]
+    assert len(names) == len(set(names)) == len(ENV_VARS)
+    assert CONFIG_PATH_ENV not in ENV_VARS
 
 
 def test_config_is_frozen() -> None:
@@ -818,6 +910,26 @@ def test_env_table_markdown() -> None:
         assert f"| `{name}` |" in table
     # every row has the same number of cells (pipes in text are escaped)
     assert {line.replace("\\|", "").count("|") for line in lines} == {6}
+
+
+def test_env_table_lists_every_variable_once() -> None:
+    rows = [line.split(" | ") for line in env_table_markdown().splitlines()[2:]]
+    names = [row[0].removeprefix("| ").strip("`") for row in rows]
+    keys = [row[1].strip("`") for row in rows]
+    assert names == [CONFIG_PATH_ENV, *(name for spec in FIELDS for name in spec.env)]
+    # each key with a variable has one row per variable, the primary name first;
+    # a key without one has no row
+    for spec in FIELDS:
+        assert [names[i] for i, key in enumerate(keys) if key == spec.path] == list(spec.env)
+
+
+def test_docs_name_every_key_without_a_variable() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index("Keys without a variable")
+    paragraph = text[start : text.index("\n\n", start)]
+    for spec in FIELDS:
+        named = f"`{spec.path}`" in paragraph or f"`{spec.section}.*`" in paragraph
+        assert named == (not spec.env), spec.path
 
 
 def test_docs_carry_the_current_env_table() -> None:
