@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 
 from .api import API_ROUTES, METRICS_ROUTES
+from .clock import Clock
 from .config import Config, default_config
 from .keys import REGISTRY, SERVER, SESSIONS
 from .metrics import make_registry
@@ -36,16 +37,18 @@ def create_app(
     *,
     server: Server | None = None,
     parts: Iterable[str] = ALL_PARTS,
+    clock: Clock | None = None,
 ) -> web.Application:
     """An aiohttp application serving ``parts`` of aiosrv.
 
-    Without ``server`` a new :class:`Server` is made from ``config`` (defaults
+    Without ``server`` a new :class:`Server` is made from ``config`` (and
+    ``clock``, the real one unless given: see :mod:`aiosrv.clock`) (defaults
     when None) and started and stopped with the application. Publish from
     Python with ``await app[SERVER].publish(type, payload, key=None)``.
     """
     owns = server is None
     if server is None:
-        server = Server(config or default_config())
+        server = Server(config or default_config(), clock=clock)
     parts = tuple(parts)
     app = web.Application(client_max_size=MAX_HTTP_BODY)
     app[SERVER] = server

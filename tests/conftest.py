@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aiosrv import SERVER, create_app, default_config
+from aiosrv.clock import Clock, LoopClock
 from aiosrv.server import Server
 
 #: The event loop every async test runs on: uvloop (what the server runs on in
@@ -69,17 +70,33 @@ class Running:
 StartServer = Callable[..., Awaitable[Running]]
 
 
+class JumpClock(LoopClock):
+    """The real clock, plus jumps the test makes: a server on it sees time
+    pass at once (a grace period, a timeout) without the test waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+    def jump(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @pytest.fixture
 async def running_server() -> AsyncIterator[StartServer]:
     started: list[TestServer] = []
 
-    async def start(**settings: Any) -> Running:
-        """Start a server; ``settings`` are dotted config keys with '.' written as '__',
-        e.g. ``websocket__max_connections=2``."""
+    async def start(clock: Clock | None = None, **settings: Any) -> Running:
+        """Start a server (on ``clock``, the real one unless given);
+        ``settings`` are dotted config keys with '.' written as '__', e.g.
+        ``websocket__max_connections=2``."""
         dotted = {k.replace("__", "."): v for k, v in settings.items()}
         dotted.setdefault("sources.enabled", False)
         config = default_config().replace(**dotted)
-        app = create_app(config)
+        app = create_app(config, clock=clock)
         ts = TestServer(app, host="127.0.0.1", port=0)
         await ts.start_server()
         started.append(ts)

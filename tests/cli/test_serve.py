@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,10 @@ from .conftest import (
     wait_until,
     ws_connect,
 )
+
+#: Not a time limit: how long a server told to stop (with an hour of grace)
+#: may take to exit before the test calls it stuck.
+WATCHDOG = 10.0
 
 LOG = "logs/websocket-server.log"
 
@@ -706,22 +709,20 @@ def test_sigusr1_logs_a_memory_report_without_disconnecting(
 def test_stop_signal_closes_clients_with_1001_and_exits_0(
     serve: StartServer, tmp_path: Path, name: str
 ) -> None:
-    srv = serve("--set", "shutdown.grace_period=3", "--log-file", LOG)
+    # an hour of grace: a client that answers the close must not hold it
+    srv = serve("--set", "shutdown.grace_period=3600", "--log-file", LOG)
     ws = ws_connect(srv.ws_url())
     peer = local_peer(ws)
     try:
         subscribe(ws, "a")
-        t0 = time.monotonic()
         srv.send(SIGNALS[name])
         code, reason = recv_close(ws)
         assert code == 1001
         assert reason == "server shutting down"
-        rc = srv.wait_exit(timeout=3 + 2)
-        elapsed = time.monotonic() - t0
+        rc = srv.wait_exit(timeout=WATCHDOG)
     finally:
         ws.close()
     assert rc == 0
-    assert elapsed < 3, f"a client that answers the close should not hold the grace ({elapsed})"
     assert f"{name} received: draining and shutting down" in srv.stderr
     assert srv.stderr.rstrip().endswith("aiosrv stopped")
     assert "Traceback" not in srv.stderr
@@ -729,10 +730,11 @@ def test_stop_signal_closes_clients_with_1001_and_exits_0(
     assert re.search(rf"Client \w+ disconnected from {re.escape(peer)}: code 1001", text)
 
 
-def test_shutdown_with_an_unresponsive_client_exits_0_within_the_grace_period(
+def test_shutdown_with_an_unresponsive_client_exits_0_without_waiting_for_it(
     serve: StartServer,
 ) -> None:
-    srv = serve("--set", "shutdown.grace_period=2")
+    # an hour of grace: the close frame is written, its answer is not awaited
+    srv = serve("--set", "shutdown.grace_period=3600")
     # a client that completes the upgrade and then never answers anything
     raw = socket.create_connection(("127.0.0.1", srv.ws_port), timeout=5)
     try:
@@ -743,23 +745,18 @@ def test_shutdown_with_an_unresponsive_client_exits_0_within_the_grace_period(
         )
         assert raw.recv(4096).startswith(b"HTTP/1.1 101")
         wait_until(lambda: http("GET", srv.api("/stats"))[1]["connections"]["active_connections"])
-        t0 = time.monotonic()
         srv.send(signal.SIGTERM)
-        rc = srv.wait_exit(timeout=2 + 3)
-        elapsed = time.monotonic() - t0
+        rc = srv.wait_exit(timeout=WATCHDOG)
     finally:
         raw.close()
     assert rc == 0
-    assert elapsed < 2 + 1, elapsed
     assert re.search(r"Client \w+ disconnected from 127\.0\.0\.1:\d+: code 1001", srv.stderr)
 
 
 def test_sigterm_with_no_clients_exits_promptly(serve: StartServer) -> None:
-    srv = serve()
-    t0 = time.monotonic()
+    srv = serve("--set", "shutdown.grace_period=3600")
     srv.send(signal.SIGTERM)
-    assert srv.wait_exit(timeout=5) == 0
-    assert time.monotonic() - t0 < 2.5
+    assert srv.wait_exit(timeout=WATCHDOG) == 0
     # the listeners are gone
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", srv.api_port), timeout=1):
         pass

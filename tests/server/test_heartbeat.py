@@ -1,10 +1,13 @@
-"""Server pings, and the 4000 close of clients that go silent."""
+"""Server pings, and the 4000 close of clients that go silent, over real sockets.
+
+When they happen, to the wheel's resolution, is tested on a manual clock in
+tests/core/test_heartbeat_timer.py; these tests show the behaviour end to end
+and assert no wall-clock limits."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 
 from tests.conftest import StartServer
 
@@ -20,15 +23,10 @@ async def test_server_pings_every_interval(
         websocket__heartbeat_interval=0.2, websocket__heartbeat_timeout=5
     )
     raw = await raw_client(running)
-    loop = asyncio.get_running_loop()
-    times = []
     for _ in range(4):
         opcode, payload = await raw.read_frame(timeout=2)
         assert (opcode, payload) == (0x9, b"")
-        times.append(loop.time())
         raw.send_frame(b"", 0xA)  # pong
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(0.12 <= g <= 0.45 for g in gaps), gaps
     assert running.server.heartbeat.pings_sent >= 4
 
 
@@ -38,7 +36,8 @@ async def test_client_answering_pings_stays_connected(
     running = await running_server(**FAST)
     c = await ws_client(running)  # websockets answers pings by itself
     await c.subscribe(["t"])
-    await asyncio.sleep(1.5)  # well past the 0.6 s timeout, with no message sent
+    # well past the 0.6 s timeout (a ping every 0.2 s), with no message sent
+    await wait_until(lambda: running.server.heartbeat.pings_sent >= 8, what="eight pings")
     await c.ping()
     assert len(running.server.connections) == 1
     assert running.server.stats.heartbeat_timeouts == 0
@@ -51,8 +50,6 @@ async def test_silent_client_is_closed_with_4000(
     running = await running_server(**FAST)
     server = running.server
     alive = await ws_client(running)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     silent = await raw_client(running)
     pings = 0
     while True:  # never answer
@@ -61,11 +58,9 @@ async def test_silent_client_is_closed_with_4000(
             pings += 1
             continue
         break
-    elapsed = loop.time() - t0
     assert opcode == 0x8
     assert int.from_bytes(payload[:2], "big") == 4000
     assert payload[2:] == b"heartbeat timeout"
-    assert 0.55 <= elapsed <= 1.5, elapsed
     assert pings >= 2
     silent.send_close(4000)
     assert await silent.at_eof()
@@ -94,15 +89,18 @@ async def test_client_that_stops_answering_is_closed(
 ) -> None:
     running = await running_server(**FAST)
     raw = await raw_client(running)
-    loop = asyncio.get_running_loop()
     for _ in range(3):  # answers three pings
         opcode, _ = await raw.read_frame(timeout=2)
         assert opcode == 0x9
         raw.send_frame(b"", 0xA)
-    stopped = loop.time()
-    code, reason = await raw.read_close(timeout=3)
-    assert (code, reason) == (4000, "heartbeat timeout")
-    assert 0.4 <= loop.time() - stopped <= 1.5
+    # then goes silent: pings keep coming until the close
+    while True:
+        opcode, payload = await raw.read_frame(timeout=3)
+        if opcode != 0x9:
+            break
+    assert opcode == 0x8
+    assert (int.from_bytes(payload[:2], "big"), payload[2:]) == (4000, b"heartbeat timeout")
+    assert running.server.stats.heartbeat_timeouts == 1
 
 
 async def test_ping_that_overflows_an_idle_slow_consumer_closes_it(

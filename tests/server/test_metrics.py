@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -12,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from aiosrv import __version__
-from tests.conftest import Running, StartServer
+from tests.conftest import JumpClock, Running, StartServer
 
 from .conftest import WsConnect, publish, wait_until
 
@@ -114,7 +113,8 @@ async def test_error_rate_is_errors_per_client_message(
     running_server: StartServer, http: aiohttp.ClientSession, ws_client: WsConnect
 ) -> None:
     # the sources timer samples too; keep it out of the way
-    running = await running_server(sources__interval=60)
+    clock = JumpClock()
+    running = await running_server(clock, sources__interval=60)
     c = await ws_client(running)
     m = await scrape(http, running)  # the first sample: the baseline
     assert value(m, "error_rate") == 0
@@ -123,7 +123,7 @@ async def test_error_rate_is_errors_per_client_message(
         assert (await c.recv())["type"] == "error"
     await c.ping()
     await c.ping()
-    await asyncio.sleep(0.55)  # the sampler refreshes at most twice a second
+    clock.jump(0.6)  # the sampler refreshes at most twice a second
     m = await scrape(http, running)
     assert value(m, "error_rate") == pytest.approx(0.5)
     assert value(m, "aiosrv_errors_total", code="invalid_json") == 1

@@ -327,7 +327,9 @@ async def test_publish_and_close_in_one_read_are_answered_in_order(harness: Any)
 async def test_a_publish_is_refused_unless_allowed(harness: Any) -> None:
     h = harness()
     s, t = h.open()
-    s.receive_data(json_frame({"action": "publish", "id": "1", "payload": {"type": "t", "payload": 1}}))
+    s.receive_data(
+        json_frame({"action": "publish", "id": "1", "payload": {"type": "t", "payload": 1}})
+    )
     await h.settle()
     (err,) = t.messages()
     assert "allow_client_publish" in err["payload"]["message"]
