@@ -31,6 +31,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check aiosrv tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Two passes: the compiled core on uvloop (as in production), then the
 # pure-Python twin on asyncio's own loop, so both cores and both loops run

@@ -20,8 +20,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from . import __version__
 from .broker import Broker, Publication
 from .broker_memory import MemoryBroker
@@ -88,6 +86,15 @@ class Client(Protocol):
     def end(self, abort: bool = False) -> None:
         """Close its socket (``abort``: without writing what is left)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A connection the server will not take: the HTTP status and the error."""
+
+    status: int
+    code: str
+    message: str
 
 
 @dataclass
@@ -252,18 +259,18 @@ class Server:
 
     # -- connections -------------------------------------------------------------
 
-    def admission_refusal(self, request: web.Request) -> web.Response | None:
-        """The 503 to answer an upgrade with, or None to accept it."""
+    def admission_refusal(self) -> Refusal | None:
+        """Why a new connection is refused (answered with 503), or None to accept it."""
         if self.draining:
             self.stats.rejected["draining"] += 1
-            return _refuse(
+            return Refusal(
                 503, "draining", "the server is shutting down; connect to another instance"
             )
         limit = self.config.websocket.max_connections
         if len(self.connections) >= limit:
             self.stats.rejected["max_connections"] += 1
             log.warning("performance: connection refused, at the limit of %d connections", limit)
-            return _refuse(
+            return Refusal(
                 503, "max_connections", f"the server holds its maximum of {limit} connections"
             )
         return None
@@ -389,6 +396,3 @@ class Server:
                 conn.sub.limit = limit
         self.heartbeat.reschedule()
 
-
-def _refuse(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)

@@ -138,9 +138,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except handshake.BadHandshake as exc:
         extra = {"Sec-WebSocket-Version": handshake.VERSION} if exc.status == 426 else {}
         return _refuse_handshake(exc.status, ErrorCode.BAD_HANDSHAKE, exc.message, **extra)
-    refusal = server.admission_refusal(request)
+    refusal = server.admission_refusal()
     if refusal is not None:
-        return refusal
+        return _refuse_handshake(refusal.status, refusal.code, refusal.message)
     cfg = server.config.websocket
     deflate = (
         handshake.negotiate_deflate(request.headers.getall("Sec-WebSocket-Extensions", ()))
