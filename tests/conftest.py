@@ -9,9 +9,10 @@ or aiohttp's client over the socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,19 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect garbage after every test (after its other fixtures are torn down).
+
+    ResourceWarning is an error (pyproject.toml, filterwarnings), but an
+    unclosed socket or transport held in a reference cycle only warns when
+    the garbage collector frees it, which would otherwise happen during some
+    later test, which would then fail instead of the one that leaked.
+    """
+    yield
+    gc.collect()
 
 
 # Tests never read the developer's config file or environment by accident.

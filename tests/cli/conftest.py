@@ -305,8 +305,23 @@ def http(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[i
     return status, text
 
 
+class ClientWebSocket(websocket.WebSocket):
+    """A ``websocket-client`` WebSocket whose ``close()`` always closes its socket.
+
+    After the server's close frame, ``recv_data_frame`` answers it and marks
+    the connection closed, and ``WebSocket.close()`` then returns at once,
+    leaving the socket open (a ResourceWarning when it is collected).
+    """
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().close(*args, **kwargs)
+        finally:
+            self.shutdown()
+
+
 def ws_connect(url: str, timeout: float = 5) -> websocket.WebSocket:
-    return websocket.create_connection(url, timeout=timeout)
+    return websocket.create_connection(url, timeout=timeout, class_=ClientWebSocket)
 
 
 def local_peer(ws: websocket.WebSocket) -> str:
