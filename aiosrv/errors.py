@@ -13,8 +13,8 @@ Exception tree::
     │   ├── PublishForbidden        code publish_forbidden
     │   ├── Unauthorized            code unauthorized (HTTP 401)
     │   ├── QueueFull               code queue_full (HTTP 503)
-    │   └── BrokerUnavailable       code broker_unavailable (HTTP 503)
-    ├── BrokerError                 the broker failed (raised by broker engines)
+    │   └── BrokerUnavailable       code broker_unavailable (HTTP 503); what a
+    │                               broker engine raises when it is down
     └── FrameError                  a client broke RFC 6455 framing; closes it with
                                     its ``code`` (1002, 1007 or 1009)
 
@@ -122,10 +122,6 @@ class QueueFull(ClientError):
 class BrokerUnavailable(ClientError):
     code = ErrorCode.BROKER_UNAVAILABLE
     http_status = 503
-
-
-class BrokerError(AiosrvError):
-    """The broker engine failed (connection lost, command refused)."""
 
 
 class FrameError(AiosrvError):
