@@ -1054,6 +1054,25 @@ def _fmt_default(spec: FieldSpec) -> str:
     return f"`{value}`"
 
 
+def inert_settings(config: Config) -> list[str]:
+    """Warnings for settings the server accepts but does not act on, as an
+    operator who set them would want to read them at start-up."""
+    notes = []
+    sd = config.service_discovery
+    if sd.backend == "consul":
+        notes.append(
+            f"service_discovery.backend is consul ({sd.consul_host}:{sd.consul_port}): "
+            "aiosrv does not register itself with Consul; register the service in the "
+            "Consul agent's configuration, with GET /health as its check"
+        )
+    elif sd.backend == "kubernetes":
+        notes.append(
+            "service_discovery.backend is kubernetes: discovery is the Service's "
+            "(k8s/); aiosrv needs nothing from it"
+        )
+    return notes
+
+
 def env_table_markdown() -> str:
     """A markdown table of the environment variables, for the README and docs."""
     rows = [

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
-from .config import Config, ConfigError
+from .config import Config, ConfigError, inert_settings
 from .logs import reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
@@ -201,6 +201,8 @@ def serve(
     loop_name = install_uvloop()
     set_title(config)
     log.info("starting aiosrv on %s, config %s", loop_name, config.source_path or "(defaults)")
+    for note in inert_settings(config):
+        log.warning("config: %s", note)
     try:
         server = Server(config, env=env, overrides=overrides)
     except ConfigError as exc:

@@ -956,3 +956,16 @@ def test_config_error_single() -> None:
 
 def test_api_config_defaults() -> None:
     assert ApiConfig() == default_config().api
+
+
+def test_settings_not_acted_on_are_named_at_start_up() -> None:
+    from aiosrv.config import inert_settings
+
+    assert inert_settings(default_config()) == []
+    consul = default_config().replace(
+        **{"service_discovery.backend": "consul", "service_discovery.consul_host": "c.example"}
+    )
+    (note,) = inert_settings(consul)
+    assert "c.example:8500" in note and "does not register" in note
+    (note,) = inert_settings(default_config().replace(**{"service_discovery.backend": "kubernetes"}))
+    assert "kubernetes" in note
