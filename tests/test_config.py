@@ -967,5 +967,6 @@ def test_settings_not_acted_on_are_named_at_start_up() -> None:
     )
     (note,) = inert_settings(consul)
     assert "c.example:8500" in note and "does not register" in note
-    (note,) = inert_settings(default_config().replace(**{"service_discovery.backend": "kubernetes"}))
+    k8s = default_config().replace(**{"service_discovery.backend": "kubernetes"})
+    (note,) = inert_settings(k8s)
     assert "kubernetes" in note
