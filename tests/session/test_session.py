@@ -21,7 +21,7 @@ from aiosrv.clock import ManualClock
 from aiosrv.config import load_config
 from aiosrv.counters import Counters
 from aiosrv.errors import FrameError
-from aiosrv.fanout import FanOut
+from aiosrv.fanout import FanOut, encode_frame
 from aiosrv.hub import Hub, HubSettings
 from aiosrv.session import (
     CLOSE_TIMEOUT,
@@ -367,3 +367,17 @@ async def test_a_request_stuck_in_the_broker_is_bounded_by_close_timeout(
     assert t.close_code() == 1000
     s.connection_lost(None)  # the worker is cancelled with the socket
     await h.settle()
+
+
+async def test_closing_one_client_writes_only_that_client(harness: Any) -> None:
+    h = harness()
+    a, ta = h.open()
+    b, tb = h.open()
+    frame = encode_frame(b'{"type":"t","payload":1}')
+    h.core.send(a.sub, frame)  # queued for both, not yet flushed
+    h.core.send(b.sub, frame)
+    a.close_soon(1000, "bye")
+    assert [op for op, _ in ta.frames()] == [0x1, 0x8]  # its data, then its close
+    assert tb.writes == []  # the other connection waits for its own flush
+    h.hub.flush()
+    assert [op for op, _ in tb.frames()] == [0x1]
