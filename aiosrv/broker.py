@@ -11,8 +11,9 @@ the engines it runs against).
 ``name``, :meth:`~Broker.bind`, :meth:`~Broker.start`, :meth:`~Broker.close`,
 :meth:`~Broker.publish`, :meth:`~Broker.publish_many`,
 :meth:`~Broker.history`, :meth:`~Broker.latest_seq`, :meth:`~Broker.health`,
-:meth:`~Broker.set_history_size` and :meth:`~Broker.stats`. Nothing else may
-be assumed of an engine.
+:meth:`~Broker.set_history_size`, :meth:`~Broker.stats`, and the interest
+calls :meth:`~Broker.listening`, :meth:`~Broker.listen` and
+:meth:`~Broker.unlisten`. Nothing else may be assumed of an engine.
 
 Contract for engines:
 
@@ -27,9 +28,15 @@ Contract for engines:
   History keeps the newest ``history_size`` messages of each type (the
   window; older ones are dropped as new ones arrive); a size of 0 keeps none
   but numbering goes on.
-* **Delivery.** Every publication reaches every instance's ``deliver``
-  callback (set with :meth:`Broker.bind`), this one included, once, in
-  ``seq`` order per type. ``deliver`` is called on the event loop, never
+* **Interest.** An instance receives the types it listens to
+  (:meth:`Broker.listen`: the hub listens to a type before its first local
+  subscriber is acknowledged, and unlistens when the last one leaves), so a
+  message crosses the network once per interested instance. Engines without
+  a network (memory) deliver every type and ignore these calls.
+* **Delivery.** Every publication of a type an instance listens to reaches
+  its ``deliver`` callback (set with :meth:`Broker.bind`), this instance's
+  own publications included, once, in ``seq`` order per type, from the
+  moment :meth:`Broker.listen` returned. ``deliver`` is called on the event loop, never
   concurrently with itself; an engine may call it before ``publish`` returns
   (the memory engine does) or later (an engine that receives its own
   messages back from a server).
@@ -46,7 +53,7 @@ Contract for engines:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +169,33 @@ class Broker(ABC):
         """Apply a new history window (hot reload): shrinking drops the oldest
         messages of every type at once, growing keeps what is held and lets
         it fill up, 0 keeps none. Numbering is unaffected."""
+
+    def listening(self, types: Iterable[str]) -> bool:
+        """Whether every one of ``types`` is delivered here already (so a
+        subscription to them can be acknowledged without waiting)."""
+        return True
+
+    async def listen(self, types: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """Deliver ``types`` here from now on: when this returns, every later
+        publication of them reaches ``deliver``. Raises
+        :class:`~aiosrv.errors.BrokerUnavailable` when the engine is down."""
+
+    def unlisten(self, types: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """Stop delivering ``types`` here (no local subscriber is left)."""
+
+    def listened(self) -> frozenset[str]:
+        """The types listened to (empty for engines that deliver every type)."""
+        return frozenset()
+
+    def set_instance_record(self, record: Callable[[], dict[str, Any]]) -> None:  # noqa: B027
+        """What this instance publishes of itself for the cluster view
+        (engines that join several instances call ``record()`` periodically)."""
+
+    async def instances(self) -> list[dict[str, Any]]:
+        """The records of every live instance sharing the engine (this one's
+        included); empty for engines of one instance. Raises
+        :class:`~aiosrv.errors.BrokerUnavailable` when the engine is down."""
+        return []
 
     def stats(self) -> dict[str, Any]:
         """Engine details for ``/stats`` (types, history sizes, connection

@@ -312,6 +312,24 @@ class RedisConfig:
         "Redis password; unset = no AUTH.", secret=True)
     channel_prefix: str = _key("str", "aiosrv", "REDIS_PREFIX", RESTART,
         "Prefix of the Redis channel names, to share one Redis between deployments.")
+    timeout: float = _key("duration", 2.0, "REDIS_TIMEOUT", RESTART,
+        "Longest wait for Redis to connect or answer one command; redis-py retries "
+        "3 times within about a second before the engine counts as down.",
+        minimum=0, exclusive_minimum=True)
+    history_ttl: float = _key("duration", 86400.0, "REDIS_HISTORY_TTL", RESTART,
+        "A type's history expires this long after its last publish; 0 = never.", minimum=0)
+    tls: bool = _key("bool", False, "REDIS_TLS", RESTART, "Connect to Redis over TLS.")
+    tls_ca_file: str | None = _key("optional_str", None, "REDIS_TLS_CA", RESTART,
+        "CA bundle that signed the Redis server's certificate; unset = the system's.")
+    tls_verify: bool = _key("bool", True, "REDIS_TLS_VERIFY", RESTART,
+        "Verify the Redis server's certificate and host name.")
+    sentinels: str | None = _key("optional_str", None, "REDIS_SENTINELS", RESTART,
+        "Redis Sentinel addresses, host:port,host:port; set = find the master through "
+        "them (redis.host and redis.port are then unused).")
+    sentinel_master: str = _key("str", "mymaster", "REDIS_SENTINEL_MASTER", RESTART,
+        "The master's name the sentinels monitor.")
+    sentinel_password: str | None = _key("optional_str", None, "REDIS_SENTINEL_PASSWORD",
+        RESTART, "Password of the sentinels themselves; unset = none.", secret=True)
 
 
 @dataclass(frozen=True, slots=True)

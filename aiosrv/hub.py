@@ -38,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,9 @@ class Hub:
         # connections with a reply to write at the end of this iteration
         self._prompt: list[Subscriber] = []
         self._prompt_handle: Timer | None = None
+        # types whose subscription is in progress, and the pending unlisten
+        self._held: Counter[str] = Counter()
+        self._interest_handle: Timer | None = None
         self._recent: dict[str, deque[Publication]] = {}
         self._last_fanned: dict[str, int] = {}
         self._unflushed = 0  # messages fanned out since the last flush
@@ -331,6 +334,45 @@ class Hub:
             self.prompt_writes += core.write(sub)
         self.pacer.charge(start, clock(), cpu_start, cpu_clock())
         self.close_given_up()
+
+    # -- interest: which types this instance receives ------------------------------
+
+    def listening(self, types: Iterable[str]) -> bool:
+        """Whether the broker delivers all of ``types`` here already."""
+        return self.broker.listening(types)
+
+    async def listen(self, types: Iterable[str]) -> None:
+        """Have the broker deliver ``types`` here before a first local
+        subscriber of them is acknowledged (call between :meth:`hold` and
+        :meth:`release`, so the types are not dropped meanwhile)."""
+        await self.broker.listen(types)
+
+    def hold(self, types: Iterable[str]) -> None:
+        """A subscription to ``types`` is in progress: keep listening to them."""
+        for t in types:
+            self._held[t] += 1
+
+    def release(self, types: Iterable[str]) -> None:
+        for t in types:
+            self._held[t] -= 1
+            if self._held[t] <= 0:
+                del self._held[t]
+        self.interest_changed()
+
+    def interest_changed(self) -> None:
+        """Subscriptions went (an unsubscribe, a closed connection): once this
+        loop iteration is over, stop listening to the types no local client
+        subscribes to any more."""
+        if self._interest_handle is None and self.broker.listened():
+            self._interest_handle = self.clock.call_soon(self._drop_unwanted)
+
+    def _drop_unwanted(self) -> None:
+        self._interest_handle = None
+        wanted = self.core.type_counts()
+        held = self._held
+        drop = [t for t in self.broker.listened() if t not in wanted and t not in held]
+        if drop:
+            self.broker.unlisten(drop)
 
     # -- recovery ------------------------------------------------------------
 

@@ -50,18 +50,20 @@ def hub_settings(config: Config) -> HubSettings:
     )
 
 
-def make_broker(config: Config) -> Broker:
+def make_broker(config: Config, instance_id: str = "") -> Broker:
     """The broker engine the configuration asks for."""
     if config.broker.engine == "memory":
         return MemoryBroker(config.history.size)
     if config.broker.engine == "redis":
         try:
-            from .broker_redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
+            from .broker_redis import RedisBroker
+        except ImportError as exc:  # redis-py is an extra: pip install 'aiosrv[redis]'
             raise ConfigError.single(
-                "broker.engine", "redis", f"the Redis engine is not available: {exc}"
+                "broker.engine",
+                "redis",
+                f"the Redis engine needs redis-py (pip install 'aiosrv[redis]'): {exc}",
             ) from exc
-        return RedisBroker(config)  # type: ignore[no-any-return,unused-ignore]
+        return RedisBroker(config, instance_id)
     raise ConfigError.single("broker.engine", config.broker.engine, "unknown engine")
 
 
@@ -149,7 +151,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
 
         self.core = FanOut()
-        self.broker = make_broker(config)
+        self.broker = make_broker(config, self.instance_id)
         self.hub = Hub(
             self.core,
             self.broker,
@@ -286,6 +288,7 @@ class Server:
         if self.connections.pop(conn.id, None) is None:
             return
         self.core.remove(conn.sub)
+        self.hub.interest_changed()
         if conn.close_code is not None:
             self.stats.closes[conn.close_code] += 1
 

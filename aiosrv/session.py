@@ -173,10 +173,13 @@ def close_from_payload(payload: bytes) -> _Close:
     return _Close(encode_frame(payload[:2], OP_CLOSE), code, f"client closed: {reason}")
 
 
-def _needs_await(req: protocol.Request) -> bool:
-    return isinstance(req, (protocol.History, protocol.Publish)) or (
-        isinstance(req, protocol.Subscribe) and bool(req.since)
-    )
+def _needs_await(req: protocol.Request, hub: Hub) -> bool:
+    """Whether answering ``req`` waits on the broker: history, publish,
+    recovery, or a subscription to a type the broker does not deliver here
+    yet (its first local subscriber, with the Redis engine)."""
+    if isinstance(req, protocol.Subscribe):
+        return bool(req.since) or not hub.listening(req.types)
+    return isinstance(req, (protocol.History, protocol.Publish))
 
 
 class Session:
@@ -370,7 +373,7 @@ class Session:
             return
         if self._waiting is not None:
             self._wait(req)
-        elif _needs_await(req):
+        elif _needs_await(req, self.ctx.hub):
             self._waiting = deque((req,))
             self._worker = self.ctx.spawn(self._work())
         else:
@@ -408,7 +411,7 @@ class Session:
                     self.send_error(item)
                     continue
                 try:
-                    if _needs_await(item):
+                    if _needs_await(item, self.ctx.hub):
                         await self._handle_later(item)
                     else:
                         self._handle_now(item)
@@ -436,7 +439,13 @@ class Session:
 
     async def _handle_later(self, req: protocol.Request) -> None:
         if isinstance(req, protocol.Subscribe):
-            await self._subscribe_since(req)
+            hub = self.ctx.hub
+            hub.hold(req.types)
+            try:
+                await hub.listen(req.types)
+                await self._subscribe_since(req)
+            finally:
+                hub.release(req.types)
         elif isinstance(req, protocol.History):
             await self._history(req)
         elif isinstance(req, protocol.Publish):
@@ -495,6 +504,7 @@ class Session:
     def _unsubscribe(self, req: protocol.Unsubscribe) -> None:
         for t in req.types:
             self.ctx.core.unsubscribe(self.sub, t)
+        self.ctx.hub.interest_changed()
         self.send_json(
             protocol.encode_reply(
                 "ack", req.id, {"action": "unsubscribe", "types": self.sub.types()}

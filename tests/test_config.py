@@ -93,6 +93,14 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "redis.db": 0,
     "redis.password": None,
     "redis.channel_prefix": "aiosrv",
+    "redis.timeout": 2.0,
+    "redis.history_ttl": 86400.0,
+    "redis.tls": False,
+    "redis.tls_ca_file": None,
+    "redis.tls_verify": True,
+    "redis.sentinels": None,
+    "redis.sentinel_master": "mymaster",
+    "redis.sentinel_password": None,
     "logging.level": "INFO",
     "logging.file": None,
     "sources.enabled": True,
@@ -543,6 +551,14 @@ ENV_SAMPLES: list[tuple[str, str, str, Any]] = [
     ("REDIS_DB", "3", "redis.db", 3),
     ("REDIS_PASSWORD", "pw", "redis.password", "pw"),
     ("REDIS_PREFIX", "prod", "redis.channel_prefix", "prod"),
+    ("REDIS_TIMEOUT", "500ms", "redis.timeout", 0.5),
+    ("REDIS_HISTORY_TTL", "1h", "redis.history_ttl", 3600.0),
+    ("REDIS_TLS", "true", "redis.tls", True),
+    ("REDIS_TLS_CA", "/etc/ssl/redis-ca.pem", "redis.tls_ca_file", "/etc/ssl/redis-ca.pem"),
+    ("REDIS_TLS_VERIFY", "false", "redis.tls_verify", False),
+    ("REDIS_SENTINELS", "s1:26379,s2:26379", "redis.sentinels", "s1:26379,s2:26379"),
+    ("REDIS_SENTINEL_MASTER", "ws", "redis.sentinel_master", "ws"),
+    ("REDIS_SENTINEL_PASSWORD", "spw", "redis.sentinel_password", "spw"),
     ("LOG_LEVEL", "debug", "logging.level", "DEBUG"),
     ("LOG_FILE", "/var/log/aiosrv.log", "logging.file", "/var/log/aiosrv.log"),
     ("SOURCES_ENABLED", "false", "sources.enabled", False),
@@ -888,7 +904,11 @@ def test_live_flags_match_the_schema() -> None:
         "sources.max_silence",
         "shutdown.grace_period",
     }
-    assert {spec.path for spec in FIELDS if spec.secret} == {"api.token", "redis.password"}
+    assert {spec.path for spec in FIELDS if spec.secret} == {
+        "api.token",
+        "redis.password",
+        "redis.sentinel_password",
+    }
 
 
 # --------------------------------------------------------------------------- misc

@@ -7,34 +7,76 @@ starts it, and closes it at teardown.
 
 To run the suite against another engine, add one line to ``ENGINES``: its
 name and an async factory ``(history_size) -> Broker`` returning a fresh,
-empty engine (not yet started). The Redis engine, for example, would add::
+empty engine (not yet started).
 
-    "redis": lambda size: redis_engine(size),
-
-where ``redis_engine`` builds a ``RedisBroker`` on a test Redis with a key
-prefix of its own (and skips when no ``redis-server`` is available).
+The Redis engine runs on one real ``redis-server`` started for the test
+session on a free port (``tests/redis_support.py``; a missing binary fails
+the run), each engine with a key prefix of its own, so tests never see each
+other's data. Engines that deliver only the types they listen to get every
+type a test uses listened to (``TYPES``) when started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+import itertools
+
 from aiosrv.broker import Broker, Publication
 from aiosrv.broker_memory import MemoryBroker
+from aiosrv.broker_redis import RedisBroker
+from aiosrv.config import default_config
+from tests.redis_support import RedisServer
+
+#: The types the contract tests publish to.
+TYPES = ("t", "a", "b", "c", "x", "y", "z")
 
 
 async def memory_engine(history_size: int) -> Broker:
     return MemoryBroker(history_size)
 
 
+_redis: RedisServer | None = None
+_prefixes = itertools.count(1)
+
+
+def session_redis() -> RedisServer:
+    """One redis-server for the whole test session (stopped at its end)."""
+    global _redis
+    if _redis is None or not _redis.running:
+        _redis = RedisServer().start()
+    return _redis
+
+
+async def redis_engine(history_size: int) -> Broker:
+    r = session_redis()
+    config = default_config().replace(
+        **{
+            "history.size": history_size,
+            "redis.host": r.host,
+            "redis.port": r.port,
+            "redis.channel_prefix": f"contract{next(_prefixes)}",
+        }
+    )
+    return RedisBroker(config)
+
+
 #: Engine name -> async factory of a fresh, unstarted engine.
 ENGINES: dict[str, Callable[[int], Awaitable[Broker]]] = {
     "memory": memory_engine,
+    "redis": redis_engine,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_session_redis() -> Iterator[None]:
+    yield
+    if _redis is not None:
+        _redis.close()
 
 
 class Recorder:
@@ -75,6 +117,7 @@ class Engines:
         self.made.append(broker)
         if start:
             await broker.start()
+            await broker.listen(TYPES)
         return broker
 
     def recorder(self, broker: Broker) -> Recorder:
