@@ -119,3 +119,12 @@ async def running_server() -> AsyncIterator[StartServer]:
     yield start
     for ts in reversed(started):
         await ts.close()
+
+
+# --- Redis for tests: real redis-server processes on free ports (tests/redis_support.py) ---
+from tests.redis_support import (  # noqa: E402, F401
+    redis_factory,
+    redis_sentinel,
+    redis_sentinel_factory,
+    redis_server,
+)
