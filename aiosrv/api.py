@@ -80,7 +80,9 @@ async def status(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     server = _server(request)
     server.sampler.sample()
-    return json_response(stats_snapshot(server))
+    snap = stats_snapshot(server)
+    snap["cluster"] = await server.cluster()
+    return json_response(snap)
 
 
 async def config(request: web.Request) -> web.Response:
@@ -101,11 +103,21 @@ async def ws_stats(request: web.Request) -> web.Response:
     snap = connections_snapshot(server)
     snap["closing"] = len(server.closing_connections)
     snap["draining"] = server.draining
+    cluster = await server.cluster()
+    snap["cluster"] = {
+        "instances": cluster["count"],
+        "active_connections": cluster["totals"]["connections"],
+        "subscriptions": cluster["totals"]["subscriptions"],
+        **({"error": cluster["error"]} if "error" in cluster else {}),
+    }
     return json_response(snap)
 
 
 async def ws_queue(request: web.Request) -> web.Response:
-    return json_response(_server(request).hub.queue_stats())
+    server = _server(request)
+    snap = server.hub.queue_stats()
+    snap["broker"] = server.broker.stats()
+    return json_response(snap)
 
 
 async def publish(request: web.Request) -> web.Response:

@@ -175,10 +175,14 @@ class Broker(ABC):
         subscription to them can be acknowledged without waiting)."""
         return True
 
-    async def listen(self, types: Iterable[str]) -> None:  # noqa: B027 - optional hook
+    async def listen(self, types: Iterable[str]) -> dict[str, int]:
         """Deliver ``types`` here from now on: when this returns, every later
-        publication of them reaches ``deliver``. Raises
-        :class:`~aiosrv.errors.BrokerUnavailable` when the engine is down."""
+        publication of them reaches ``deliver``. Returns, for each type it
+        began to listen to, the last seq published before delivery here began
+        (what came after it was or will be delivered); types listened to
+        already are left out. Raises :class:`~aiosrv.errors.BrokerUnavailable`
+        when the engine is down."""
+        return {}
 
     def unlisten(self, types: Iterable[str]) -> None:  # noqa: B027 - optional hook
         """Stop delivering ``types`` here (no local subscriber is left)."""

@@ -144,6 +144,7 @@ class RedisBroker(Broker):
         self._subscribed: set[str] = set()  # channels the pub/sub connection holds
         self._filling: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()  # the pub/sub connection is open
+        self._epoch: str | None = None  # the epoch key's value (see _check_epoch)
         self._record: Callable[[], dict[str, Any]] = dict
         # counters for /stats and the metrics
         self.published = 0
@@ -184,7 +185,6 @@ class RedisBroker(Broker):
             sentinels = [_host_port(a) for a in cfg.sentinels.split(",") if a.strip()]
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 sentinels,
-                socket_timeout=cfg.timeout,
                 sentinel_kwargs={"socket_timeout": cfg.timeout, "password": cfg.sentinel_password},
                 **kwargs,
             )
@@ -200,6 +200,7 @@ class RedisBroker(Broker):
         self._started = True
         try:
             await self._client.ping()
+            await self._check_epoch()
             await asyncio.wait_for(self._open_pubsub(), self._cfg.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             # start anyway: the receiving task connects when Redis comes
@@ -355,19 +356,21 @@ class RedisBroker(Broker):
     def listened(self) -> frozenset[str]:
         return frozenset(self._listened)
 
-    async def listen(self, types: Iterable[str]) -> None:
+    async def listen(self, types: Iterable[str]) -> dict[str, int]:
         new = [t for t in dict.fromkeys(types) if t not in self._listened]
         if not new:
-            return
+            return {}
         client = self._check()
         try:
             # the counters before subscribing: what is published after them
             # and before the subscription holds comes from the history
             counters = await client.mget([self._key("seq", t) for t in new])
-            for t, c in zip(new, counters, strict=True):
-                self._listened.setdefault(t, int(c or 0))
-                self._latest[t] = max(self._latest.get(t, 0), int(c or 0))
+            baseline = {t: int(c or 0) for t, c in zip(new, counters, strict=True)}
+            for t, c in baseline.items():
+                self._listened.setdefault(t, c)
+                self._latest[t] = max(self._latest.get(t, 0), c)
             await self._subscribe(new)
+            return baseline
         except (RedisError, asyncio.TimeoutError) as exc:
             for t in new:
                 self._listened.pop(t, None)
@@ -487,6 +490,10 @@ class RedisBroker(Broker):
         self._subscribed.add(type_)
         # caught up at once: after a reconnect what was published meanwhile,
         # after a first subscribe what came between the counter and now
+        try:
+            await self._check_epoch()
+        except RedisError as exc:
+            log.warning("broker redis: reading the epoch failed: %s", exc)
         await self._catch_up(type_, None)
         fut = self._filling.get(type_)
         if fut is not None and not fut.done():
@@ -513,14 +520,38 @@ class RedisBroker(Broker):
     def _reset(self, type_: str, seq: int) -> None:
         self.resets += 1
         log.error(
-            "broker redis: %s's seq went back from %d to %d: Redis lost its data; "
-            "numbering starts again (recovering clients get recovered: false)",
+            "broker redis: %s's counter is back at %d after %d was delivered here: Redis lost "
+            "its data; numbering starts again (recovering clients get recovered: false)",
             type_,
+            seq - 1,
             self._listened.get(type_, 0),
-            seq,
         )
         self._listened[type_] = seq - 1
         self._latest[type_] = seq - 1
+
+    async def _check_epoch(self) -> None:
+        """Notice that Redis lost its data (restarted empty, or a replica
+        without it was promoted): the epoch key this engine saw is gone. Every
+        listened type then starts again from 0, and the catch-up that follows
+        delivers what was published since."""
+        client = self._client
+        if client is None:
+            return
+        mine = f"{self.instance_id}:{time.time_ns()}"
+        old = await client.set(f"{self._prefix}:epoch", mine, nx=True, get=True)
+        epoch = _text(old) if old is not None else mine
+        if self._epoch is not None and epoch != self._epoch:
+            self.resets += 1
+            log.error(
+                "broker redis: Redis at %s lost its data (its epoch changed); numbering "
+                "starts again for %d listened types (recovering clients get recovered: false)",
+                self._where(),
+                len(self._listened),
+            )
+            for t in self._listened:
+                self._listened[t] = 0
+                self._latest[t] = 0
+        self._epoch = epoch
 
     def _deliver_one(self, pub: Publication) -> None:
         self._listened[pub.type] = pub.seq

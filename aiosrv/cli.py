@@ -16,7 +16,9 @@ variables (WEBSOCKET_HOST, WEBSOCKET_PORT, MAX_CONNECTIONS, LOG_LEVEL, ... see
 docs/configuration.md), then these flags.
 
 signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file;
-SIGUSR1 logs a memory report and reopens the log file.
+SIGUSR1 logs a memory report and reopens the log file. With --workers N > 1 a
+supervisor process runs N workers sharing the ports (SO_REUSEPORT; needs
+--broker redis) and passes these signals to every worker.
 AIOSRV_NO_EXTENSIONS=1 runs the pure-Python core instead of the compiled one.
 """
 
@@ -34,6 +36,7 @@ FLAG_KEYS = {
     "broker": "broker.engine",
     "redis_host": "redis.host",
     "redis_port": "redis.port",
+    "workers": "process.workers",
 }
 
 
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--broker", help="memory (embedded, default) or redis")
     s.add_argument("--redis-host", help="Redis host (redis.host)")
     s.add_argument("--redis-port", help="Redis port (redis.port)")
+    s.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes sharing the ports under one supervisor (process.workers; "
+        "default 1: one process, no supervisor); more than 1 needs --broker redis",
+    )
     s.add_argument(
         "--set",
         action="append",
@@ -107,12 +116,19 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``argv``: the command line after ``aiosrv`` (what each worker runs)."""
     import os
 
     from .config import ConfigError, load_config
+    from .identity import from_env
 
     overrides = overrides_from(args)
+    try:
+        identity = from_env(os.environ)
+    except ValueError as exc:
+        print(f"aiosrv: {exc} (it is set by the supervisor for its workers)", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, None, overrides)
     except ConfigError as exc:
@@ -120,9 +136,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    if config.process.workers > 1 and not identity.supervised:
+        from .workers import supervise
+
+        return supervise(config, argv, config_path=args.config, overrides=overrides)
     from .runner import serve
 
-    return serve(config, env=dict(os.environ), overrides=overrides)
+    return serve(config, env=dict(os.environ), overrides=overrides, identity=identity)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -149,9 +169,10 @@ def cmd_version() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.command == "serve":
-        return cmd_serve(args)
+        return cmd_serve(args, given)
     if args.command == "check-config":
         return cmd_check_config(args)
     if args.command == "version":

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_VARS",
     "FIELDS",
+    "PORT_KEYS",
     "SPEC",
     "ApiConfig",
     "BroadcastConfig",
@@ -62,6 +63,7 @@ __all__ = [
     "LoggingConfig",
     "MonitoringConfig",
     "Problem",
+    "ProcessConfig",
     "RedisConfig",
     "ScalingConfig",
     "ServiceDiscoveryConfig",
@@ -73,7 +75,9 @@ __all__ = [
     "default_config",
     "diff_config",
     "env_table_markdown",
+    "listeners",
     "load_config",
+    "several_workers_problem",
 ]
 
 DEFAULT_CONFIG_PATH = "config/deployment.yaml"
@@ -359,6 +363,14 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessConfig:
+    workers: int = _key("int", 1, "WORKERS", RESTART,
+        "Worker processes sharing the listening ports (SO_REUSEPORT) under one supervisor; "
+        "1 = one process, no supervisor. More than 1 needs broker.engine redis.",
+        minimum=1, maximum=256)
+
+
+@dataclass(frozen=True, slots=True)
 class DiagnosticsConfig:
     tracemalloc: bool = _key("bool", False, "TRACEMALLOC", RESTART,
         "Trace memory allocations (slow; for debugging leaks).")
@@ -413,6 +425,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     service_discovery: ServiceDiscoveryConfig = field(default_factory=ServiceDiscoveryConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
@@ -931,7 +944,13 @@ class _Builder:
                 self.set(spec, value, source)
 
     def cross_check(self) -> None:
-        """Every key declared ``at_least`` another must not be below it."""
+        """Every key declared ``at_least`` another must not be below it; several
+        workers need a broker they share (:func:`several_workers_problem`)."""
+        if not {"process.workers", "broker.engine"} & self.bad:
+            workers, engine = self.values["process.workers"], self.values["broker.engine"]
+            reason = several_workers_problem(workers, engine)
+            if reason is not None:
+                self.problem("process.workers", workers, reason, self.sources["process.workers"])
         for spec in FIELDS:
             low = spec.at_least
             if low is None or low in self.bad or spec.path in self.bad:
@@ -946,6 +965,50 @@ class _Builder:
         if self.problems:
             raise ConfigError(self.problems)
         return _make_config(self.values, source_path)
+
+
+def several_workers_problem(workers: int, engine: str) -> str | None:
+    """Why ``workers`` processes cannot run on broker ``engine``, or None if they can.
+
+    Each worker is a process of its own: with the embedded broker each would
+    number, keep and deliver only what was published to it, and a client would
+    miss everything published through another worker.
+    """
+    if workers > 1 and engine == "memory":
+        return (
+            f"{workers} workers need a broker they share: with broker.engine=memory each "
+            "worker would have its own embedded broker, and clients of one worker would not "
+            "see messages published through another; use broker.engine=redis, or 1 worker"
+        )
+    return None
+
+
+def listeners(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(host, port, parts) for each listener the configuration asks for.
+
+    Parts on the same port share a listener; port 0 ("any free port") is never
+    shared: each part configured with 0 gets a free port of its own.
+    """
+    groups: dict[int | tuple[str], tuple[str, list[str]]] = {}
+    wanted = [
+        ("ws", config.websocket.host, config.websocket.port),
+        ("api", config.api.host, config.api.port),
+    ]
+    if config.monitoring.enabled and config.monitoring.prometheus_enabled:
+        wanted.append(("metrics", config.api.host, config.monitoring.metrics_port))
+    ports: dict[int | tuple[str], int] = {}
+    for part, host, port in wanted:
+        group: int | tuple[str] = port if port else (part,)
+        ports[group] = port
+        if group in groups:
+            groups[group][1].append(part)
+        else:
+            groups[group] = (host, [part])
+    return [(host, ports[group], tuple(parts)) for group, (host, parts) in groups.items()]
+
+
+#: The configuration key of each listener part's port.
+PORT_KEYS = {"ws": "websocket.port", "api": "api.port", "metrics": "monitoring.metrics_port"}
 
 
 def _make_config(values: Mapping[str, Any], source_path: str | None) -> Config:

@@ -345,7 +345,14 @@ class Hub:
         """Have the broker deliver ``types`` here before a first local
         subscriber of them is acknowledged (call between :meth:`hold` and
         :meth:`release`, so the types are not dropped meanwhile)."""
-        await self.broker.listen(types)
+        baseline = await self.broker.listen(types)
+        # What was published before delivery here began was never fanned out
+        # here, and no local client was owed it: recovery fetches it from the
+        # broker's history (the ring has nothing of it).
+        for t, seq in baseline.items():
+            if seq > self._last_fanned.get(t, 0):
+                self._last_fanned[t] = seq
+                self._recent.pop(t, None)
 
     def hold(self, types: Iterable[str]) -> None:
         """A subscription to ``types`` is in progress: keep listening to them."""
@@ -373,6 +380,8 @@ class Hub:
         drop = [t for t in self.broker.listened() if t not in wanted and t not in held]
         if drop:
             self.broker.unlisten(drop)
+            for t in drop:  # no longer received: the ring would go stale
+                self._recent.pop(t, None)
 
     # -- recovery ------------------------------------------------------------
 

@@ -138,6 +138,34 @@ class ServerCollector:
         reloads.add_metric(["ok"], st.reloads_ok)
         reloads.add_metric(["failed"], st.reloads_failed)
         yield reloads
+        b = s.broker.stats()
+        yield gauge(
+            "aiosrv_broker_up", "1 when the broker engine can publish.", float(s.broker.health().ok)
+        )
+        if "publish_rtt_ms" in b:  # engines with a network (redis)
+            yield gauge(
+                "aiosrv_broker_rtt_seconds",
+                "Smoothed round trip of a publish to the broker.",
+                b["publish_rtt_ms"] / 1000,
+            )
+            yield counter("aiosrv_broker_reconnects", "Broker reconnections.", b["reconnects"])
+            yield counter("aiosrv_broker_errors", "Broker commands that failed.", b["errors"])
+            yield counter(
+                "aiosrv_broker_received",
+                "Messages received from the broker (once per instance).",
+                b["received"],
+            )
+            yield counter(
+                "aiosrv_broker_gap_filled",
+                "Messages caught up from the broker's history after a gap.",
+                b["gaps_filled"],
+            )
+            yield counter(
+                "aiosrv_broker_gap_lost",
+                "Messages missed in a gap the history no longer held.",
+                b["gaps_lost"],
+            )
+            yield gauge("aiosrv_broker_listened_types", "Types received.", b["listened_types"])
         health = 1.0 if s.health()[0] else 0.0
         yield gauge("aiosrv_healthy", "1 when /health answers 200.", health)
         info = GaugeMetricFamily(

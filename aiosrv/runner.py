@@ -7,6 +7,13 @@ WebSocket port serves everything on one port, as behind Caddy or nginx).
 Signals: SIGTERM/SIGINT drain and exit 0 within ``shutdown.grace_period``;
 SIGHUP reloads the configuration; SIGUSR1 writes a memory report to the log
 and reopens the log file (logrotate's ``postrotate`` sends it).
+
+The same path runs each worker of ``serve --workers N`` (started by
+``aiosrv/workers.py``, which tells it who it is: :mod:`aiosrv.identity`). A
+worker binds its listeners with SO_REUSEPORT, tags its log lines
+``worker=INDEX``, names itself in its process title, hands its ready line to
+the supervisor (which logs the one ready line) and stops if the supervisor
+goes away.
 """
 
 from __future__ import annotations
@@ -14,44 +21,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 from aiohttp import web
 
+from . import identity as ident
 from .app import create_app
-from .config import Config, ConfigError, inert_settings
-from .logs import reopen_files, setup_logging
+from .config import Config, ConfigError, inert_settings, listeners
+from .identity import Identity
+from .logs import FORMAT, reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
 from .upgrade import AiohttpMismatch, check_aiohttp, listening_sockets, stop_listening
 
 log = logging.getLogger("aiosrv.runner")
-
-
-def listeners(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
-    """(host, port, parts) for each listener the configuration asks for.
-
-    Parts on the same port share a listener; port 0 ("any free port") is never
-    shared: each part configured with 0 gets a free port of its own.
-    """
-    groups: dict[int | tuple[str], tuple[str, list[str]]] = {}
-    wanted = [
-        ("ws", config.websocket.host, config.websocket.port),
-        ("api", config.api.host, config.api.port),
-    ]
-    if config.monitoring.enabled and config.monitoring.prometheus_enabled:
-        wanted.append(("metrics", config.api.host, config.monitoring.metrics_port))
-    ports: dict[int | tuple[str], int] = {}
-    for part, host, port in wanted:
-        group: int | tuple[str] = port if port else (part,)
-        ports[group] = port
-        if group in groups:
-            groups[group][1].append(part)
-        else:
-            groups[group] = (host, [part])
-    return [(host, ports[group], tuple(parts)) for group, (host, parts) in groups.items()]
 
 
 def announce(level: int, message: str) -> None:
@@ -60,9 +46,13 @@ def announce(level: int, message: str) -> None:
     log.handle(log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None))
 
 
+__all__ = ["Runner", "announce", "listeners", "serve", "serve_async", "set_title"]
+
+
 class Runner:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, identity: Identity = ident.ALONE) -> None:
         self.server = server
+        self.identity = identity
         self.runners: list[web.AppRunner] = []
         self.bound: dict[str, list[tuple[str, int]]] = {}
         self._stop = asyncio.Event()
@@ -74,7 +64,16 @@ class Runner:
             app = create_app(server=server, parts=parts)
             runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
-            site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+            # workers share each port with SO_REUSEPORT: the kernel spreads new
+            # connections over their listening sockets
+            site = web.TCPSite(
+                runner,
+                host,
+                port,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=self.identity.supervised or None,
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -130,6 +129,16 @@ class Runner:
     async def wait(self) -> None:
         await self._stop.wait()
 
+    async def watch_supervisor(self, period: float = 1.0) -> None:
+        """A worker whose supervisor died (killed with -9) drains and exits
+        rather than hold the ports with nobody to restart or stop it."""
+        pid = self.identity.supervisor_pid
+        while not self._stop.is_set():
+            await asyncio.sleep(period)
+            if os.getppid() != pid:
+                log.warning("the supervisor (pid %s) is gone", pid)
+                self.request_stop("supervisor gone")
+
     async def stop(self) -> None:
         server = self.server
         server.draining = True
@@ -143,20 +152,40 @@ class Runner:
         log.info("aiosrv stopped")
 
 
-async def serve_async(server: Server) -> None:
-    runner = Runner(server)
+def report_ready(identity: Identity, line: str) -> None:
+    """A worker's ready line goes to its supervisor (which logs the one ready
+    line of all its workers), not to the log."""
+    log.info("%s (pid %d) listening: %s", identity.label, os.getpid(), line.split(": ", 1)[-1])
+    if identity.ready_fd is None:
+        return
+    try:
+        os.write(identity.ready_fd, line.encode() + b"\n")
+        os.close(identity.ready_fd)
+    except OSError as exc:  # the supervisor is gone; the watchdog stops us
+        log.warning("cannot tell the supervisor this worker is ready: %s", exc)
+
+
+async def serve_async(server: Server, identity: Identity = ident.ALONE) -> None:
+    runner = Runner(server, identity)
     await runner.start()
     runner.install_signals()
-    set_title(server.config, {part: runner.port_of(part) for part in runner.bound})
+    set_title(server.config, {part: runner.port_of(part) for part in runner.bound}, identity)
     # What exists now (modules, the app, the server) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise
     # walk it every time and stall the loop for milliseconds each.
     gc.collect()
     gc.freeze()
-    announce(logging.INFO, runner.ready_line())
+    watchdog = None
+    if identity.supervised:
+        report_ready(identity, runner.ready_line())
+        watchdog = asyncio.create_task(runner.watch_supervisor())
+    else:
+        announce(logging.INFO, runner.ready_line())
     try:
         await runner.wait()
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await runner.stop()
 
 
@@ -169,10 +198,13 @@ def install_uvloop() -> str:
     return "uvloop"
 
 
-def set_title(config: Config, bound: dict[str, int] | None = None) -> None:
+def set_title(
+    config: Config, bound: dict[str, int] | None = None, identity: Identity = ident.ALONE
+) -> None:
     """Name the process so the operations guide's ``pgrep -f websocket-server``
     and ``pkill -HUP -f websocket-server`` find it. Once listening, ``bound``
-    gives the actual ports (port 0 in the configuration means any free port)."""
+    gives the actual ports (port 0 in the configuration means any free port).
+    A worker's title says which: ``websocket-server worker 2/4 ws:8765 ...``."""
     try:
         import setproctitle
     except ImportError:
@@ -180,15 +212,30 @@ def set_title(config: Config, bound: dict[str, int] | None = None) -> None:
     ports = bound or {}
     ws = ports.get("ws", config.websocket.port)
     api = ports.get("api", config.api.port)
+    who = f"{identity.label} " if identity.supervised else ""
     setproctitle.setproctitle(
-        f"websocket-server ws:{ws} api:{api} aiosrv " + " ".join(sys.argv[1:])
+        f"websocket-server {who}ws:{ws} api:{api} aiosrv " + " ".join(sys.argv[1:])
     )
 
 
+def tag_log_lines(identity: Identity) -> None:
+    """Every log line of a worker carries ``worker=INDEX`` (for grep)."""
+    fmt = logging.Formatter(FORMAT.replace("%(name)s", f"worker={identity.index} %(name)s", 1))
+    for handler in logging.getLogger("aiosrv").handlers:
+        handler.setFormatter(fmt)
+
+
 def serve(
-    config: Config, *, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+    config: Config,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    identity: Identity = ident.ALONE,
 ) -> int:
     setup_logging(config.logging.level, config.logging.file)
+    ident.set_current(identity)
+    if identity.supervised:
+        tag_log_lines(identity)
     try:
         check_aiohttp()
     except AiohttpMismatch as exc:
@@ -199,7 +246,10 @@ def serve(
 
         tracemalloc.start(1)
     loop_name = install_uvloop()
-    set_title(config)
+    set_title(config, None, identity)
+    if identity.supervised:
+        log.info("%s starting, pid %d, supervisor pid %s", identity.label, os.getpid(),
+                 identity.supervisor_pid)  # fmt: skip
     log.info("starting aiosrv on %s, config %s", loop_name, config.source_path or "(defaults)")
     for note in inert_settings(config):
         log.warning("config: %s", note)
@@ -212,7 +262,7 @@ def serve(
             announce(logging.ERROR, f"  {problem}")
         return 2
     try:
-        asyncio.run(serve_async(server))
+        asyncio.run(serve_async(server, identity))
     except SystemExit as exc:
         announce(logging.ERROR, str(exc.code))
         return 1

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +28,7 @@ from .broker_memory import MemoryBroker
 from .clock import Clock, LoopClock
 from .config import Change, Config, ConfigError, apply_live, diff_config, load_config
 from .counters import Counters, Sampler
-from .errors import CloseCode
+from .errors import ClientError, CloseCode
 from .fanout import IMPLEMENTATION, FanOut, Subscriber
 from .heartbeat import Heartbeat
 from .hub import Hub, HubSettings
@@ -159,6 +161,7 @@ class Server:
             on_overflow=self._close_overflowed,
             clock=self.clock,
         )
+        self.broker.set_instance_record(self.instance_record)
         self.heartbeat = Heartbeat(
             self.core,
             settings=self._heartbeat_settings,
@@ -180,6 +183,40 @@ class Server:
         )
 
     # -- what the collaborators read -------------------------------------------
+
+    def instance_record(self) -> dict[str, Any]:
+        """What this instance tells the others about itself (the cluster view)."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "version": self.version,
+            "uptime_seconds": round(self.uptime, 1),
+            "connections": len(self.connections),
+            "subscriptions": self.core.subscription_count(),
+            "published": self.hub.fanned_out,
+            "delivered": self.core.delivered,
+            "draining": self.draining,
+        }
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every live instance sharing the broker (this one's record fresh),
+        with totals; for an engine of one instance, this one alone."""
+        try:
+            records = await self.broker.instances()
+            error = None
+        except ClientError as exc:  # the broker is down: say so, show what is known
+            records, error = [], exc.message
+        mine = {"instance": self.instance_id, **self.instance_record()}
+        others = [r for r in records if r.get("instance") != self.instance_id]
+        instances = [mine, *others]
+        totals = {
+            k: sum(int(r.get(k, 0) or 0) for r in instances)
+            for k in ("connections", "subscriptions", "published", "delivered")
+        }
+        view: dict[str, Any] = {"instances": instances, "count": len(instances), "totals": totals}
+        if error is not None:
+            view["error"] = error
+        return view
 
     def _heartbeat_settings(self) -> tuple[float, float]:
         cfg = self.config.websocket

@@ -416,6 +416,8 @@ class Session:
                     else:
                         self._handle_now(item)
                 except ClientError as exc:
+                    if exc.request_id is None:  # raised below the session (the broker)
+                        exc.request_id = item.id
                     self.send_error(exc)
                 if self.sub.closed:
                     return
@@ -531,11 +533,7 @@ class Session:
                 "(websocket.allow_client_publish is false); use POST /api/publish",
                 req.id,
             )
-        try:
-            pub = await self.ctx.hub.publish_checked(req.type, req.payload, req.key)
-        except ClientError as exc:
-            exc.request_id = req.id
-            raise
+        pub = await self.ctx.hub.publish_checked(req.type, req.payload, req.key)
         self.ctx.counters.published_ws += 1
         self.send_json(
             protocol.encode_reply(

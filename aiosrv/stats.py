@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from . import identity
+
 if TYPE_CHECKING:
     from .server import Server
 
@@ -81,6 +83,7 @@ def stats_snapshot(server: Server) -> dict[str, Any]:
         "event_loop_lag_ms": round(server.sampler.loop_lag * 1000, 2),
         "broker": server.broker.stats(),
         "core": {"implementation": server.implementation},
+        "worker": identity.current().snapshot(),
     }
 
 
@@ -97,6 +100,7 @@ def status_snapshot(server: Server) -> dict[str, Any]:
         "broker": server.broker.name,
         "core": server.implementation,
         "healthy": health_ok,
+        "worker": identity.current().snapshot(),
     }
 
 
@@ -104,7 +108,9 @@ def health_snapshot(server: Server) -> dict[str, Any]:
     ok, reasons = server.health()
     broker = server.broker.health()
     return {
-        "status": "healthy" if ok else "unhealthy",
+        # draining: going away; degraded: serving its clients, but the broker
+        # or the queue refuses new work (both answer 503)
+        "status": "healthy" if ok else ("unhealthy" if server.draining else "degraded"),
         "reason": "; ".join(reasons) if reasons else None,
         "checks": {
             "broker": {

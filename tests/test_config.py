@@ -107,6 +107,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "sources.interval": 1.0,
     "sources.max_silence": 5.0,
     "shutdown.grace_period": 10.0,
+    "process.workers": 1,
     "diagnostics.tracemalloc": False,
     "service_discovery.backend": "none",
     "service_discovery.consul_host": "localhost",
@@ -565,6 +566,7 @@ ENV_SAMPLES: list[tuple[str, str, str, Any]] = [
     ("SOURCES_INTERVAL", "250ms", "sources.interval", 0.25),
     ("SOURCES_MAX_SILENCE", "30", "sources.max_silence", 30.0),
     ("SHUTDOWN_GRACE_PERIOD", "0", "shutdown.grace_period", 0.0),
+    ("WORKERS", "3", "process.workers", 3),
     ("TRACEMALLOC", "TRUE", "diagnostics.tracemalloc", True),
     ("CONSUL_HOST", "consul.example.com", "service_discovery.consul_host", "consul.example.com"),
 ]
@@ -582,6 +584,8 @@ def test_env_var(name: str, raw: str, path: str, expected: Any) -> None:
     env = {name: raw}
     if name == "HEARTBEAT_INTERVAL":
         env["HEARTBEAT_TIMEOUT"] = "60"
+    if name == "WORKERS":  # several workers need a shared broker
+        env["BROKER"] = "redis"
     cfg = load(env=env)
     assert ENV_VARS[name] == path
     if isinstance(expected, float):
@@ -990,3 +994,79 @@ def test_settings_not_acted_on_are_named_at_start_up() -> None:
     k8s = default_config().replace(**{"service_discovery.backend": "kubernetes"})
     (note,) = inert_settings(k8s)
     assert "kubernetes" in note
+
+
+# --------------------------------------------------------------------------- process.workers
+
+
+def test_workers_default_to_one_and_come_from_env_file_and_flag(tmp_path: Path) -> None:
+    from aiosrv.config import several_workers_problem
+
+    assert default_config().process.workers == 1
+    assert (
+        load_config(
+            None, {"WORKERS": "3", "BROKER": "redis"}, use_default_path=False
+        ).process.workers
+        == 3
+    )
+    path = write(tmp_path, "process:\n  workers: 2\nbroker:\n  engine: redis\n")
+    assert load_config(path, {}).process.workers == 2
+    assert load_config(path, {}, {"process.workers": "4"}).process.workers == 4
+    assert several_workers_problem(1, "memory") is None
+    assert several_workers_problem(2, "redis") is None
+    reason = several_workers_problem(2, "memory")
+    assert reason is not None and "use broker.engine=redis" in reason
+
+
+@pytest.mark.parametrize("value", ["0", "257", "two"])
+def test_workers_out_of_range_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"WORKERS": value, "BROKER": "redis"}, use_default_path=False)
+    assert [p.path for p in info.value.problems] == ["process.workers"]
+
+
+def test_several_workers_on_the_embedded_broker_are_one_problem_naming_both_keys(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"WORKERS": "2"}, use_default_path=False)
+    (problem,) = info.value.problems
+    assert problem.path == "process.workers"
+    assert problem.source == "env WORKERS"
+    assert "broker.engine=memory" in problem.reason and "broker.engine=redis" in problem.reason
+    path = write(tmp_path, "process:\n  workers: 2\n")
+    assert [p.path for p in check_file(path)] == ["process.workers"]
+    # a bad engine is reported once, as itself
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"WORKERS": "2", "BROKER": "kafka"}, use_default_path=False)
+    assert [p.path for p in info.value.problems] == ["broker.engine"]
+
+
+def test_listeners_group_parts_by_port() -> None:
+    from aiosrv.config import listeners
+
+    cfg = default_config()
+    assert listeners(cfg) == [
+        ("0.0.0.0", 8765, ("ws",)),
+        ("0.0.0.0", 8080, ("api",)),
+        ("0.0.0.0", 9090, ("metrics",)),
+    ]
+    one = cfg.replace(**{"api.port": 8765, "monitoring.metrics_port": 8765})
+    assert listeners(one) == [("0.0.0.0", 8765, ("ws", "api", "metrics"))]
+    zero = cfg.replace(**{"websocket.port": 0, "api.port": 0, "monitoring.enabled": False})
+    assert listeners(zero) == [("0.0.0.0", 0, ("ws",)), ("0.0.0.0", 0, ("api",))]
+
+
+def test_worker_identity_from_the_environment() -> None:
+    from aiosrv import identity
+
+    assert identity.from_env({}) == identity.ALONE
+    who = identity.from_env({identity.WORKER_ENV: "2/4:1234:7"})
+    assert (who.index, who.count, who.supervisor_pid, who.ready_fd) == (2, 4, 1234, 7)
+    assert who.supervised and who.label == "worker 2/4"
+    assert identity.parse(who.env_value()) == who
+    assert identity.ALONE.snapshot()["index"] == 0
+    assert identity.ALONE.snapshot()["supervisor_pid"] is None
+    for bad in ("2/4", "5/4:1:2", "0/1:1:2", "x"):
+        with pytest.raises(ValueError, match="AIOSRV_WORKER"):
+            identity.parse(bad)

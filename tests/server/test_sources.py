@@ -76,10 +76,12 @@ async def test_stats_status_health_carry_real_values(
     assert p["core"]["implementation"] == server.implementation
     assert set(p) >= {"timestamp", "uptime_seconds", "cpu_percent", "event_loop_lag_ms"}
 
-    # the same document as GET /stats
+    # the same document as GET /stats, which adds the cluster view
     status, doc = await get_json(http, running, "/stats")
     assert status == 200
-    assert set(doc) == set(p)
+    assert set(doc) == set(p) | {"cluster"}
+    assert doc["cluster"]["count"] == 1  # the embedded broker: this instance alone
+    assert doc["cluster"]["totals"]["connections"] == 3
 
     st = got["status"]["payload"]
     assert st["connections"] == 3
