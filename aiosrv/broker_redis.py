@@ -3,14 +3,16 @@
 ``broker.engine: redis``. Every instance talks to one Redis (directly, over
 TLS, or found through Redis Sentinel):
 
-* **Publishing** runs one Lua script (:data:`PUBLISH_LUA`): ``INCR`` the
-  type's counter, add the message to the type's history (a sorted set scored
-  by ``seq``, trimmed to the window, with a TTL) and ``PUBLISH`` it, in one
-  atomic step. So instances publishing to one type never reuse or reorder a
-  ``seq``, the history holds a message before ``publish`` returns, and the
-  channel carries the messages in ``seq`` order. The data message is built in
-  the script from pieces encoded here, byte for byte what the embedded engine
-  makes.
+* **Publishing** runs one Lua script (:data:`PUBLISH_LUA`), at most once
+  per publish even when redis-py resends it: ``INCR`` the type's counter,
+  add the message to the type's history (a sorted set scored by ``seq``,
+  trimmed to the window, with a TTL) and ``PUBLISH`` it, in one atomic step.
+  So instances publishing to one type never reuse or reorder a ``seq``, the
+  history holds a message before ``publish`` returns, and the channel
+  carries the messages in ``seq`` order. The data message is built in the
+  script from pieces encoded here, byte for byte what the embedded engine
+  makes. A publish that times out may still run once Redis answers again:
+  the caller is told the outcome is unknown, not that it was lost.
 * **Receiving.** One pub/sub connection per instance, subscribed to the
   channels of the types its local clients subscribe to (the hub calls
   :meth:`RedisBroker.listen` before it acknowledges a type's first local
@@ -40,7 +42,9 @@ Keys, under ``redis.channel_prefix`` (``P``): ``P:seq:<type>`` (the counter,
 no expiry), ``P:hist:<type>`` (the history, expires ``redis.history_ttl``
 after the last publish), channel ``P:ch:<type>``, ``P:ctl`` (a channel
 every instance subscribes to, so the pub/sub connection always exists),
-``P:instances`` and ``P:instance:<id>``. Entries of the history and
+``P:instances`` and ``P:instance:<id>``, ``P:epoch``, and
+``P:pub:<instance>:<n>`` (a publish's seq, for a minute, so a resent script
+does not publish twice). Entries of the history and
 messages on the channels are ``<seq> <[timestamp, key] as JSON>\\n<data>``.
 """
 
@@ -71,11 +75,17 @@ from .protocol import now_ms
 
 log = logging.getLogger("aiosrv.broker")
 
-#: One publish: counter, history and fan-out in one atomic step.
-#: KEYS: counter, history, channel. ARGV: the data message's pieces around the
-#: two places its seq goes (3), the header's JSON, the window, the TTL.
+#: One publish: counter, history and fan-out in one atomic step, at most once:
+#: KEYS[4] names this publish (instance and a number); a retry that finds it
+#: (redis-py resends a command whose answer was lost) gets the seq it got.
+#: KEYS: counter, history, channel, the publish's id. ARGV: the data
+#: message's pieces around the two places its seq goes (3), the header's
+#: JSON, the window, the TTL.
 PUBLISH_LUA = """
+local done = redis.call('GET', KEYS[4])
+if done then return tonumber(done) end
 local seq = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[4], seq, 'EX', 60)
 local data = ARGV[1] .. seq .. ARGV[2] .. seq .. ARGV[3]
 local entry = seq .. ' ' .. ARGV[4] .. '\\n' .. data
 local size = tonumber(ARGV[5])
@@ -147,6 +157,7 @@ class RedisBroker(Broker):
         self._epoch: str | None = None  # the epoch key's value (see _check_epoch)
         self._record: Callable[[], dict[str, Any]] = dict
         # counters for /stats and the metrics
+        self._publishes = 0  # numbers each publish (its id, for retries)
         self.published = 0
         self.received = 0
         self.gaps_filled = 0
@@ -272,7 +283,13 @@ class RedisBroker(Broker):
 
     def _args(self, type_: str, payload: Any, key: str | None) -> tuple[list[str], list[Any]]:
         head, middle, tail, meta = data_pieces(type_, now_ms(), payload, key)
-        keys = [self._key("seq", type_), self._key("hist", type_), self._key("ch", type_)]
+        self._publishes += 1
+        keys = [
+            self._key("seq", type_),
+            self._key("hist", type_),
+            self._key("ch", type_),
+            f"{self._prefix}:pub:{self.instance_id}:{self._publishes}",
+        ]
         ttl = math.ceil(self._cfg.history_ttl)
         return keys, [head, middle, tail, meta, self._history_size, ttl]
 
@@ -293,6 +310,13 @@ class RedisBroker(Broker):
                     for keys, args in calls:
                         await self._script(keys=keys, args=args, client=pipe)
                     seqs = await pipe.execute()
+        except RedisTimeoutError as exc:
+            error = self._command_failed("publish", exc)
+            error.message = (
+                f"broker redis did not answer in {self._cfg.timeout:g}s: the message may still "
+                "be published (at most once); check with history before publishing it again"
+            )
+            raise error from None
         except RedisError as exc:
             raise self._command_failed("publish", exc) from None
         rtt = time.perf_counter() - started
@@ -473,6 +497,10 @@ class RedisBroker(Broker):
                 continue
             quiet_since = now
             pinged = 0.0
+            if not self._up:  # Redis answers again (a command had failed meanwhile)
+                log.warning("broker redis: %s answers again", self._where())
+                self._up = True
+                self._reason = ""
             kind = msg["type"]
             if kind == b"message" or kind == "message":
                 await self._on_message(_text(msg["channel"]), msg["data"])

@@ -113,6 +113,7 @@ class Hub:
         self._unflushed = 0  # messages fanned out since the last flush
         # counters (read by stats and metrics)
         self.queue_rejected = 0
+        self.in_flight = 0  # publishes waiting on the broker
         self.queue_dropped = 0
         self.queue_high_water = 0
         self.fanned_out = 0
@@ -136,11 +137,15 @@ class Hub:
     # -- publishing ----------------------------------------------------------
 
     def _admit(self, count: int = 1) -> None:
-        if len(self.queue) + count > self.settings.queue_limit:
+        # Publishes waiting on the broker count against the limit too: with a
+        # slow Redis they pile up there, not in the queue, and memory must
+        # stay bounded all the same.
+        waiting = len(self.queue) + self.in_flight
+        if waiting + count > self.settings.queue_limit:
             self.queue_rejected += count
             raise QueueFull(
-                f"broadcast queue is full ({len(self.queue)} of {self.settings.queue_limit} "
-                "waiting); retry shortly"
+                f"broadcast queue is full ({len(self.queue)} queued and {self.in_flight} "
+                f"waiting on the broker, of {self.settings.queue_limit}); retry shortly"
             )
         health = self.broker.health()
         if not health.ok:
@@ -164,12 +169,20 @@ class Hub:
         parsers did), so a request is validated once and its payload, as
         decoded, is encoded once, into the data message."""
         self._admit()
-        return await self.broker.publish(type_, payload, key)
+        self.in_flight += 1
+        try:
+            return await self.broker.publish(type_, payload, key)
+        finally:
+            self.in_flight -= 1
 
     async def publish_many(self, items: Sequence[tuple[str, Any, str | None]]) -> list[Publication]:
         """Publish already-checked ``(type, payload, key)`` items in order."""
         self._admit(len(items))
-        return await self.broker.publish_many(items)
+        self.in_flight += len(items)
+        try:
+            return await self.broker.publish_many(items)
+        finally:
+            self.in_flight -= len(items)
 
     def _on_publication(self, pub: Publication) -> None:
         if len(self.queue) >= self.settings.queue_limit:
@@ -438,6 +451,7 @@ class Hub:
         pacer = self.pacer
         return {
             "depth": len(self.queue),
+            "in_flight": self.in_flight,
             "limit": self.settings.queue_limit,
             "high_water": self.queue_high_water,
             "rejected": self.queue_rejected,

@@ -138,6 +138,9 @@ class ServerCollector:
         reloads.add_metric(["ok"], st.reloads_ok)
         reloads.add_metric(["failed"], st.reloads_failed)
         yield reloads
+        yield gauge(
+            "aiosrv_broker_in_flight", "Publishes waiting on the broker.", float(s.hub.in_flight)
+        )
         b = s.broker.stats()
         yield gauge(
             "aiosrv_broker_up", "1 when the broker engine can publish.", float(s.broker.health().ok)

@@ -173,10 +173,11 @@ async def test_sentinel_failover_promotes_the_replica(redis_sentinel: RedisSenti
         assert setup.master is replica and setup.replica is old_master
         assert not old_master.running
         assert await sentinel.discover_master(setup.master_name) == replica.address
+        assert replica.command("GET", "k") == "before"  # it replicated
         master = sentinel.master_for(setup.master_name)
         try:
-            assert await master.get("k") == b"before"  # it replicated
-            await master.set("k", "after")
+            await master.set("k", "after")  # through the sentinel, to the new master
+            assert replica.command("GET", "k") == "after"
         finally:
             await master.aclose()
     finally:

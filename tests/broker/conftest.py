@@ -11,7 +11,7 @@ empty engine (not yet started).
 
 The Redis engine runs on one real ``redis-server`` started for the test
 session on a free port (``tests/redis_support.py``; a missing binary fails
-the run), each engine with a key prefix of its own, so tests never see each
+the run, it never skips), each engine with a key prefix of its own, so tests never see each
 other's data. Engines that deliver only the types they listen to get every
 type a test uses listened to (``TYPES``) when started.
 """
@@ -19,12 +19,11 @@ type a test uses listened to (``TYPES``) when started.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
-
-import itertools
 
 from aiosrv.broker import Broker, Publication
 from aiosrv.broker_memory import MemoryBroker

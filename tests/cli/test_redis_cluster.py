@@ -250,3 +250,55 @@ def test_sentinel_failover_keeps_publishing(
         assert_alive(ws)
     finally:
         ws.close()
+
+
+def test_a_hung_redis_bounds_what_waits_and_publishers_are_told(
+    serve: StartServer, redis_server: RedisServer
+) -> None:
+    srv = serve(*on_redis(redis_server), "--set", "broadcast.queue_limit=4")
+    ws = ws_connect(srv.ws_url())
+    try:
+        subscribe(ws, "t")
+        assert publish(srv, "t", "before")[0] == 202
+        assert recv_data(ws, 1)[0]["seq"] == 1
+        redis_server.freeze()  # SIGSTOP: connections stay open, nothing answers
+        results: list[tuple[int, Any]] = []
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            r = publish(srv, "t", i)
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        # while they wait on Redis, no more than the limit waits
+        wait_until(
+            lambda: http("GET", srv.api("/ws/queue"))[1]["in_flight"] >= 1, what="waiting"
+        )
+        queue = http("GET", srv.api("/ws/queue"))[1]
+        assert queue["in_flight"] + queue["depth"] <= 4
+        for t in threads:
+            t.join()
+        codes = sorted({status for status, _ in results})
+        assert codes == [503], results  # nobody waits forever
+        errors = [body["error"] for _, body in results]
+        assert {e["code"] for e in errors} == {"queue_full", "broker_unavailable"}
+        # the ones that reached Redis are not called lost: their outcome is unknown
+        timed_out = [e for e in errors if e["code"] == "broker_unavailable"]
+        assert len(timed_out) <= 4
+        assert all("may still be published" in e["message"] for e in timed_out)
+        assert_alive(ws)
+        redis_server.thaw()
+        wait_until(lambda: http("GET", srv.api("/health"))[0] == 200, what="healthy again")
+        assert publish(srv, "t", "after")[0] == 202
+        got = []
+        while not got or got[-1]["payload"] != "after":
+            got += recv_data(ws, 1)
+        # what Redis ran once thawed arrives once each, in order, before "after"
+        assert [m["seq"] for m in got] == list(range(2, len(got) + 2))
+        assert len(got) - 1 <= len(timed_out)
+    finally:
+        redis_server.thaw()
+        ws.close()

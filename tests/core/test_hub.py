@@ -109,7 +109,9 @@ async def test_queue_limit_refuses_local_publishes(impl):
     err = info.value
     assert err.code == ErrorCode.QUEUE_FULL == "queue_full"
     assert err.http_status == 503
-    assert err.message == "broadcast queue is full (3 of 3 waiting); retry shortly"
+    assert err.message == (
+        "broadcast queue is full (3 queued and 0 waiting on the broker, of 3); retry shortly"
+    )
     assert hub.queue_rejected == 1
     # nothing stored: no seq taken, nothing in history
     assert broker.latest_seq("t") == 3
