@@ -215,7 +215,8 @@ class RedisBroker(Broker):
             await asyncio.wait_for(self._open_pubsub(), self._cfg.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             # start anyway: the receiving task connects when Redis comes
-            self._down(f"cannot reach Redis at {self._where()}: {exc}")
+            self._up = False
+            self._reason = f"cannot reach Redis at {self._where()}: {exc}"
             log.error("broker redis: %s; retrying in the background", self._reason)
         else:
             self._up = True

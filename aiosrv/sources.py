@@ -76,6 +76,7 @@ class Sources:
         self._last_sig: dict[str, bytes] = {}
         self._last_sent: dict[str, float] = {}
         self._subscribers: dict[str, int] = {}
+        self._failing: dict[str, str] = {}  # type -> why its last publish failed
         self.published = 0
 
     def start(self) -> None:
@@ -130,8 +131,12 @@ class Sources:
             try:
                 await self._publish(type_, snap)
             except ClientError as exc:  # queue full or broker down: try next tick
-                log.warning("built-in source %s not published: %s", type_, exc.message)
+                if self._failing.get(type_) != exc.message:  # once per cause, not per tick
+                    log.warning("built-in source %s not published: %s", type_, exc.message)
+                    self._failing[type_] = exc.message
                 continue
+            if self._failing.pop(type_, None) is not None:
+                log.info("built-in source %s published again", type_)
             self._last_sig[type_] = sig
             self._last_sent[type_] = now
             self.counters.published_sources += 1

@@ -111,3 +111,18 @@ async def test_a_refused_publish_is_tried_again_next_tick() -> None:
     assert rig.counters.published_sources == 0
     rig.refuse = False
     assert await rig.tick() == ["a", "b"]
+
+
+async def test_a_failing_publish_is_logged_once_per_cause(caplog) -> None:
+    rig = Rig()
+    rig.refuse = True
+    with caplog.at_level("INFO", logger="aiosrv.sources"):
+        for _ in range(5):
+            await rig.tick()
+        assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]  # a, b
+        rig.refuse = False
+        await rig.tick()
+    assert [r.getMessage() for r in caplog.records[2:]] == [
+        "built-in source a published again",
+        "built-in source b published again",
+    ]
