@@ -97,6 +97,10 @@ class Server:
     scenarios: tuple[str, ...] = ("rss", "latency", "saturation", "sweep")
     needs: str = ""  # a file that must exist, else the server is skipped
     probe: list[str] = field(default_factory=list)  # a command that must succeed, else skipped
+    # broker.engine=redis: the run's own redis-server is started (once, pid-checked) and its CPU is
+    # measured over every step; {redis_port} and {prefix} (unique per stage) are filled in
+    redis: bool = False
+    workers: int = 1  # > 1: a supervisor and its worker processes (CPU summed over the tree)
 
     @property
     def inloop(self) -> bool:
@@ -113,6 +117,12 @@ AIOSRV = [
     "--log-level", "WARNING",
     "--set", "websocket.allow_client_publish=true", "--set", "sources.enabled=false",
     "--set", "websocket.max_connections=20000",
+]
+
+
+AIOSRV_REDIS = AIOSRV + [
+    "--set", "broker.engine=redis", "--set", "redis.host=127.0.0.1", "--set", "redis.port={redis_port}",
+    "--set", "redis.channel_prefix={prefix}",
 ]
 
 
@@ -133,6 +143,11 @@ SERVERS = {
                pub="inloop-http", scenarios=("saturation", "sweep")),
         Server("aiosrv-pure", "aiosrv, pure-Python core (AIOSRV_NO_EXTENSIONS=1), HTTP publisher", AIOSRV,
                pub="http", env={"AIOSRV_NO_EXTENSIONS": "1"}),
+        Server("aiosrv-redis", "aiosrv through Redis, 1 worker, HTTP publisher", AIOSRV_REDIS, pub="http",
+               scenarios=("latency", "saturation", "sweep"), redis=True, probe=["redis-server", "--version"]),
+        Server("aiosrv-redis-2w", "aiosrv through Redis, 2 workers, HTTP publisher", AIOSRV_REDIS + ["--workers", "2"],
+               pub="http", scenarios=("latency", "saturation", "sweep"), redis=True, workers=2,
+               probe=["redis-server", "--version"]),
         Server("aiohttp-naive", "obvious aiohttp loop", _py_peer("aiohttp_naive.py")),
         Server("websockets", "websockets.broadcast", _py_peer("websockets_broadcast.py")),
         Server("picows", "picows", _py_peer("picows_server.py"),
@@ -148,7 +163,7 @@ SERVERS = {
                needs=str(BENCH / "peers" / "node_ws" / "node_modules" / "ws")),
     ]
 }
-# opt-in: aiosrv-http-batched
+# opt-in: aiosrv-http-batched, aiosrv-redis, aiosrv-redis-2w
 DEFAULT_SERVERS = ["aiosrv", "aiosrv-ws", "aiosrv-batched", "aiosrv-pure", "aiohttp-naive", "websockets",
                    "picows", "node-ws", "uws", "uws-socketify"]
 SWEEP_SERVERS = ["aiosrv", "aiosrv-ws", "uws", "picows"]
@@ -342,6 +357,45 @@ def wait_listening(ports: list[int], proc: "Proc", timeout: float = 30.0) -> str
     return ""
 
 
+def wait_ready_line(proc: "Proc", timeout: float) -> str:
+    """Wait for the supervisor's `aiosrv ready:` line (printed once every worker is ready)."""
+    deadline = time.monotonic() + timeout
+    path = Path(proc.log.name)
+    while time.monotonic() < deadline:
+        if "aiosrv ready:" in path.read_text(errors="replace"):
+            return ""
+        if not proc.alive():
+            return "server exited (see its raw log)"
+        time.sleep(0.1)
+    return f"no 'aiosrv ready:' line within {timeout:.0f} s"
+
+
+def established_on(pid: int, port: int) -> int:
+    """Established TCP connections to local port held by pid (its subscribers)."""
+    inodes = set()
+    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(fn) as f:
+                for ln in f.read().splitlines()[1:]:
+                    p = ln.split()
+                    if len(p) > 9 and p[3] == "01" and int(p[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(int(p[9]))
+        except OSError:
+            pass
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                n += 1
+    except OSError:
+        pass
+    return n
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -396,6 +450,7 @@ class Proc:
         return json.loads(line)
 
     def stop(self, grace: float = 3.0) -> None:
+        tree = descendants(self.p.pid)[1:] if self.alive() else []  # a supervisor's workers
         if self.alive():
             self.p.send_signal(signal.SIGTERM)
             try:
@@ -403,6 +458,11 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(5)
+        for pid in tree:  # still alive after their supervisor: killed by pid (they were its children)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         if self.p.stdin:
             try:
                 self.p.stdin.close()
@@ -422,6 +482,124 @@ def build_tools() -> None:
 
 
 build_client = build_tools  # the old name
+
+
+# ---------------------------------------------------------------- redis
+
+
+def resp(port: int, *args: str, timeout: float = 5.0) -> Any:
+    """One command to the Redis on 127.0.0.1:port (RESP2, a fresh connection): its decoded reply."""
+    out = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        c.sendall(out)
+        f = c.makefile("rb")
+        line = f.readline()
+        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind in (b"+", b":"):
+            return rest.decode()
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:-2].decode()
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+def redis_info(port: int, section: str = "") -> dict[str, str]:
+    text = resp(port, "INFO", *([section] if section else []))
+    return dict(ln.split(":", 1) for ln in text.splitlines() if ":" in ln and not ln.startswith("#"))
+
+
+class RedisServer:
+    """The run's own redis-server: a free port, no persistence, pinned; what answers is checked to be it."""
+
+    def __init__(self, cpu: str) -> None:
+        self.cpu = cpu
+        self.port = free_port()
+        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--protected-mode", "yes"], None,
+                         RAW / f"redis-{self.port}.log", cpu=cpu)
+        self.info: dict[str, Any] = {}
+        deadline = time.monotonic() + 15
+        last = ""
+        while True:
+            if not self.proc.alive():
+                raise RuntimeError(f"redis-server exited (see {self.proc.log.name})")
+            try:
+                if resp(self.port, "PING", timeout=1.0) == "PONG":
+                    break
+            except (OSError, RuntimeError) as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on {self.port}: {last}")
+            time.sleep(0.1)
+        srv = redis_info(self.port, "server")
+        if int(srv.get("process_id", -1)) != self.proc.pid:
+            raise RuntimeError(f"the Redis answering on {self.port} is pid {srv.get('process_id')}, "
+                               f"not the redis-server started (pid {self.proc.pid})")
+        owner, why = port_owner(self.port, self.proc.pid)
+        if owner is None:
+            raise RuntimeError(why)
+        self.info = {"port": self.port, "pid": self.proc.pid, "cpu": cpu, "version": srv.get("redis_version"),
+                     "command": "redis-server --port P --bind 127.0.0.1 --save '' --appendonly no"}
+        print(f"redis-server {self.info['version']} on 127.0.0.1:{self.port}, pid {self.proc.pid} "
+              f"(checked), CPU {cpu}", flush=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """redis-server's CPU seconds: (utime + stime from /proc/<pid>/stat, in clock ticks of 10 ms;
+        the same time in ns from /proc/<pid>/task/*/schedstat, summed over its threads)."""
+        ns = 0
+        try:
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                try:
+                    with open(f"/proc/{self.proc.pid}/task/{tid}/schedstat") as f:
+                        ns += int(f.read().split()[0])
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return proc_cpu(self.proc.pid), ns / 1e9
+
+    def counters(self) -> dict[str, int]:
+        """Commands processed so far (all, and per command of interest)."""
+        try:
+            st = redis_info(self.port, "stats")
+            cs = redis_info(self.port, "commandstats")
+        except (OSError, RuntimeError):
+            return {}
+        out = {"commands": int(st.get("total_commands_processed", 0))}
+        for k, v in cs.items():
+            name = k.removeprefix("cmdstat_")
+            fields = dict(x.split("=", 1) for x in v.split(","))
+            out[name] = int(fields.get("calls", 0))
+        return out
+
+    def stop(self) -> None:
+        if self.proc.alive():
+            try:
+                resp(self.port, "SHUTDOWN", "NOSAVE", timeout=2.0)
+            except (OSError, RuntimeError):
+                pass
+            try:
+                self.proc.p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.stop(3)
+
+
+REDIS: RedisServer | None = None  # started by the first stage that needs it, stopped by main
+REDIS_CPU = SERVER_CPU  # --redis-cpu
+
+
+def redis_server() -> RedisServer:
+    global REDIS
+    if REDIS is None:
+        REDIS = RedisServer(REDIS_CPU)
+    return REDIS
 
 
 # ---------------------------------------------------------------- histograms
@@ -486,9 +664,21 @@ class Stage:
         s = self.server
         names = s.port_names
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        cmd = [c.format(**self.ports) for c in s.cmd]
+        fill: dict[str, Any] = dict(self.ports)
+        if s.redis:
+            try:
+                r = redis_server()
+            except RuntimeError as e:
+                self.info["error"] = f"redis-server: {e}"
+                return False
+            # a channel prefix of this stage's own: nothing left by an earlier stage is seen
+            fill.update(redis_port=r.port, prefix=f"bench-{os.getpid()}-{self.tag}-{time.time_ns() % 10**9}")
+            self.info["redis"] = dict(r.info, channel_prefix=fill["prefix"])
+        cmd = [c.format(**fill) for c in s.cmd]
         self.srv = Proc(cmd, s.env, RAW / f"{self.tag}-server.log")
         err = wait_listening(list(self.ports.values()), self.srv)
+        if not err and s.workers > 1:
+            err = wait_ready_line(self.srv, 60.0)
         if err:
             self.info["error"] = f"server did not start: {err}"
             return False
@@ -525,6 +715,14 @@ class Stage:
         if opened < self.n:
             self.info["error"] = f"only {opened} of {self.n} subscribers connected"
             return False
+        if s.workers > 1:
+            # the supervisor and its workers; how the subscribers spread over the workers (SO_REUSEPORT)
+            kids = descendants(self.srv.pid)[1:]
+            self.info["workers"] = {"supervisor_pid": self.srv.pid, "worker_pids": kids,
+                                    "subscribers_per_worker": {str(k): established_on(k, port) for k in kids}}
+            if len(kids) != s.workers:
+                self.info["error"] = f"{len(kids)} worker processes under the supervisor, expected {s.workers}"
+                return False
         if s.inloop:
             if not readies[0].get("publisher"):  # type: ignore[union-attr]
                 self.info["error"] = "the in-loop publisher did not connect"
@@ -551,6 +749,9 @@ class Stage:
         assert self.srv and self.clis
         procs = self._client_pids()
         c0 = {p.pid: proc_cpu(p.pid) for p, _ in procs}
+        rds = REDIS if self.server.redis else None
+        rc0 = rds.counters() if rds else {}
+        r0 = rds.cpu_seconds() if rds else (0.0, 0.0)
         cpu0, t0, st0 = tree_cpu(self.srv.pid), time.monotonic(), cpu_times()
         if self.server.inloop:
             self.cli.send(f"step {rate:.4f} {seconds} {size} {grace} {abort_ms}")  # type: ignore[union-attr]
@@ -565,6 +766,8 @@ class Stage:
             if res.get("error"):
                 return res
         cpu1, t1, st1 = tree_cpu(self.srv.pid), time.monotonic(), cpu_times()
+        r1 = rds.cpu_seconds() if rds else (0.0, 0.0)
+        rc1 = rds.counters() if rds else {}
         wall = max(1e-9, t1 - t0)
         # the load side's CPU: each process, and each client CPU in total (they may share one)
         per_cpu: dict[str, float] = {}
@@ -594,6 +797,28 @@ class Stage:
         rec = res["received"]
         res["server_cpu_s_per_million"] = round((cpu1 - cpu0) / rec * 1e6, 3) if rec else None
         res["server_core_s_per_million"] = round(core["busy"] / rec * 1e6, 3) if rec else None
+        # CPU time on the machine not accounted for by the server, Redis, the load processes or softirq:
+        # other programs (a shared machine: anything here took CPU from the measured processes)
+        known = (cpu1 - cpu0) + sum(x["fraction"] for x in loads) * wall
+        if rds:
+            known += (r1[1] - r0[1]) if r1[1] > 0 else (r1[0] - r0[0])
+        allbusy = sum(v["busy"] - v["softirq"] for v in d.values())
+        res["other_cpu_fraction"] = round(max(0.0, allbusy - known) / wall, 3)
+        if rds:
+            # Redis' own CPU over the step, per delivery and per publish; its commands over the step
+            # (the 2 INFO calls framing it included). /proc/<pid>/stat counts 10 ms ticks, too coarse
+            # for a few hundred publishes: the figures use the ns run time of /proc/<pid>/task/*/schedstat
+            # (the same CPU time, precisely), and the stat figure is kept beside it as a check
+            rcpu = r1[1] - r0[1] if r1[1] > 0 else r1[0] - r0[0]
+            pub = res.get("published", 0)
+            res["redis_cpu_seconds"] = round(rcpu, 4)
+            res["redis_cpu_seconds_stat"] = round(r1[0] - r0[0], 3)
+            res["redis_cpu_fraction"] = round(rcpu / wall, 3)
+            res["redis_cpu_s_per_million"] = round(rcpu / rec * 1e6, 3) if rec else None
+            res["redis_us_per_publish"] = round(rcpu / pub * 1e6, 2) if pub else None
+            res["redis_commands"] = {k: rc1[k] - rc0.get(k, 0) for k in rc1 if rc1[k] != rc0.get(k, 0)}
+            res["server_and_redis_cpu_s_per_million"] = (
+                round((cpu1 - cpu0 + rcpu) / rec * 1e6, 3) if rec else None)
         return res
 
     def _independent_step(self, rate: float, seconds: float, size: int, grace: float,
@@ -670,7 +895,7 @@ class Stage:
                     pass
             p.stop(3)
         if self.srv:
-            self.srv.stop(3)
+            self.srv.stop(3 if self.server.workers <= 1 else 15)
 
 
 def judge(res: dict[str, Any], rate: float, bound_ms: float) -> tuple[bool, str]:
@@ -795,8 +1020,9 @@ def show(name: str, n: int, size: int, rate: float, res: dict[str, Any], verdict
           f"p50 {lat.get('p50', 0):.1f} p99 {lat.get('p99', 0):.1f} ms "
           f"srv cpu {res.get('server_cpu_fraction', 0):.2f} core0 {res.get('server_core_busy_fraction', 0):.2f} "
           f"subs cpu {res.get('subscriber_cpu_fraction', 0):.2f} pub cpu {res.get('publisher_cpu_fraction', 0):.2f}"
+          f"{' redis cpu %.2f (%.1f us/pub)' % (res['redis_cpu_fraction'], res.get('redis_us_per_publish') or 0) if 'redis_cpu_fraction' in res else ''}"
           f"{' pub late p99 %.1f ms' % late.get('p99', 0) if late else ''} "
-          f"steal {steal.get('cpu0', 0)}/{steal.get('cpu1', 0)} ms"
+          f"steal {steal.get('cpu0', 0)}/{steal.get('cpu1', 0)} ms other {res.get('other_cpu_fraction', 0):.2f}"
           f"{' - ' + res['why'] if res.get('why') else ''}", flush=True)
 
 
@@ -952,6 +1178,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": model, "hypervisor": hyper, "cpus": os.cpu_count(), "memory": mem,
         "kernel": platform.release(), "os": sh(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
         "python": platform.python_version(), "node": sh(["node", "--version"]),
+        "redis_server": sh(["redis-server", "--version"]),
         "cc": sh(["cc", "--version"]).splitlines()[0] if shutil.which("cc") else "",
         "aiosrv": core, "aiosrv_commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "aiosrv_dirty": bool(sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])),
@@ -979,6 +1206,15 @@ def cpu_cell(r: dict[str, Any]) -> str:
     return f"{f(a)} / {f(b)} s"
 
 
+def redis_cell(r: dict[str, Any]) -> str:
+    """Redis' own CPU: seconds per million deliveries, µs per publish ('' for a server without Redis)."""
+    if r.get("redis_cpu_s_per_million") is None:
+        return ""
+    us = r.get("redis_us_per_publish")
+    return (f"; Redis {r['redis_cpu_s_per_million']:.2f} s/M, "
+            f"{'–' if us is None else '%.0f' % us} µs/publish")
+
+
 def pub_desc(report: dict[str, Any]) -> str:
     d = report["plan"]["pub_depth"]
     return (
@@ -1001,7 +1237,7 @@ def sweep_cell(r: dict[str, Any]) -> str:
     cell = (f"{la.get('p50', 0):.1f} / {la.get('p99', 0):.1f} / {la.get('p999', 0):.1f}; "
             f"{100 * r.get('delivered_fraction', 0):.1f}%; "
             f"{'–' if r.get('server_cpu_s_per_million') is None else '%.2f' % r['server_cpu_s_per_million']}"
-            f"{marks}")
+            f"{redis_cell(r)}{marks}")
     if r.get("publisher_behind") and not r.get("collapsed"):
         cell += f" (got {r.get('publish_rate', 0):.0f}/s)"
     if r.get("collapsed"):
@@ -1033,6 +1269,17 @@ def markdown(report: dict[str, Any]) -> str:
         "was ≥ 90% busy; the figure is a floor, not the server's limit.",
         "",
     ]
+    if report.get("redis"):
+        rd = report["redis"]
+        lines += [
+            f"Redis rows: the run's own redis-server {rd.get('version')} (127.0.0.1:{rd.get('port')}, pid "
+            f"{rd.get('pid')}, checked to be what answers: INFO process_id and the listening socket), no "
+            f"persistence, pinned to CPU {rd.get('cpu')}; each server stage has its own channel prefix. Server CPU "
+            "is the process tree (the supervisor and its workers with `--workers 2`). \"Redis … s/M\" = "
+            "redis-server's CPU seconds (its run time from /proc/<pid>/task/*/schedstat, checked against /proc/<pid>/stat) per million deliveries; \"µs/publish\" = its CPU per "
+            "acknowledged publish. With Redis on the server's CPU, the \"whole core\" figure includes Redis.",
+            "",
+        ]
     ceil = report.get("client_ceiling") or {}
     if ceil:
         parts = [f"{c['payload_bytes']} B payloads: {fmt_rate(c['frames_per_second'])} frames/s"
@@ -1123,7 +1370,7 @@ def markdown(report: dict[str, Any]) -> str:
                     continue
                 cells.append(
                     f"**{fmt_rate(b['delivered_per_second'])}**{'†' if sat.get('client_bound') else ''} "
-                    f"({b['rate']:.0f}/s; {b['latency_ms']['p99']:.0f} ms; {cpu_cell(b)})")
+                    f"({b['rate']:.0f}/s; {b['latency_ms']['p99']:.0f} ms; {cpu_cell(b)}{redis_cell(b)})")
             lines.append(f"| {srv['label']} | " + " | ".join(cells) + " |")
         lines.append("")
     if "latency" in plan["scenarios"]:
@@ -1146,7 +1393,7 @@ def markdown(report: dict[str, Any]) -> str:
                 la = r["latency_ms"]
                 extra = f" ({r['why']})" if r.get("why") else ""
                 cells.append(f"{la['p50']:.1f} / {la['p99']:.1f} / {la['p999']:.1f} / {la['max']:.1f}; "
-                             f"{100 * r['delivered_fraction']:.1f}%; {cpu_cell(r)}"
+                             f"{100 * r['delivered_fraction']:.1f}%; {cpu_cell(r)}{redis_cell(r)}"
                              f"{'†' if r.get('client_bound') else ''}{extra}")
             lines.append(f"| {srv['label']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -1211,6 +1458,8 @@ def main() -> int:
                     help="CPUs of the load processes, e.g. 1 or 1,2,3 (subscriber processes round-robin; "
                          "the publisher on the first)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the load client's own ceiling")
+    ap.add_argument("--redis-cpu", default=SERVER_CPU,
+                    help=f"CPU of the redis-server of the Redis rows (default {SERVER_CPU}, the server's)")
     ap.add_argument("--out", default=str(RESULTS / "latest"), help="writes OUT.json and OUT.md")
     args = ap.parse_args()
 
@@ -1222,6 +1471,8 @@ def main() -> int:
         print(f"--client-cpus must not include the server's CPU {SERVER_CPU}", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {int(client_cpus[0])})
+    global REDIS_CPU
+    REDIS_CPU = args.redis_cpu.strip()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers
     build_tools()
     RAW.mkdir(parents=True, exist_ok=True)
@@ -1278,6 +1529,7 @@ def main() -> int:
                  "sweep_max_steps": plan.sweep_max_steps, "sweep_rates": {str(n): sweep_rates(n)[
                      : plan.sweep_max_steps] for n in plan.sweep_stages},
                  "ramp_per_second": plan.ramp, "server_cpu": SERVER_CPU, "client_cpus": plan.client_cpus,
+                 "redis_cpu": REDIS_CPU,
                  "sub_procs": plan.sub_procs, "pub_conns": pub_conns, "pub_depth": plan.pub_depth},
         "servers": [],
     }
@@ -1291,11 +1543,17 @@ def main() -> int:
         except json.JSONDecodeError:
             report["notes"].append(f"load client ceiling failed: {out.stderr.strip()}")
         print(f"load client ceiling: {out.stdout.strip()}", flush=True)
-    for row in rows:
-        res = run_row(row, plan, report["notes"])
-        report["servers"].append(res)
-        report["seconds"] = time.monotonic() - t0
-        write(report, Path(args.out))  # after each row, so a partial run leaves results
+    try:
+        for row in rows:
+            res = run_row(row, plan, report["notes"])
+            report["servers"].append(res)
+            if REDIS is not None:
+                report["redis"] = dict(REDIS.info)
+            report["seconds"] = time.monotonic() - t0
+            write(report, Path(args.out))  # after each row, so a partial run leaves results
+    finally:
+        if REDIS is not None:
+            REDIS.stop()
     report["seconds"] = time.monotonic() - t0
     write(report, Path(args.out))
     print(f"done in {report['seconds'] / 60:.1f} min: {args.out}.json, {args.out}.md", flush=True)
