@@ -21,7 +21,9 @@ time while messages keep coming, and lets light load wait for nothing:
   message counting.
 * **Credit from idle time only.** Time the loop spends on other work (reading
   and answering requests, parsing client frames) pays debt off but earns no
-  credit beyond zero; only idle time does, read from the thread's CPU clock.
+  credit beyond zero; only idle time does: wall time the loop's thread was
+  not busy (``clock.busy_time``: neither running nor waiting for a CPU, so a
+  worker sharing its core with another is not taken for idle).
   A loop that is behind, with requests waiting, therefore never gets flushes
   back to back: each waits its debt off, and the requests get their
   ``1 - share`` of the time.
