@@ -65,7 +65,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .broker import Broker, BrokerHealth, HistoryPage, Publication
@@ -105,9 +105,16 @@ return seq
 REGISTRY_INTERVAL = 2.0
 #: The pub/sub connection is pinged when it has been quiet this long (seconds).
 PING_AFTER = 1.0
+#: Most connections to Redis besides the pub/sub one (publishes use one at a time).
+POOL_SIZE = 8
 #: Reconnection backoff of the receiving task (seconds): first, most.
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
+
+
+#: A publish_many call waiting to be sent: its (keys, args) per message, and
+#: the future of their seqs.
+_Pending = tuple[list[tuple[list[str], list[Any]]], "asyncio.Future[list[Any]]"]
 
 
 def data_pieces(type_: str, timestamp: int, payload: Any, key: str | None) -> tuple[bytes, ...]:
@@ -142,7 +149,7 @@ class RedisBroker(Broker):
         self._retries = retries
         self._client: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
-        self._script: Any = None
+        self._sha: str | None = None  # the publish script's SHA1, once loaded
         self._reader: asyncio.Task[None] | None = None
         self._registry: asyncio.Task[None] | None = None
         self._started = False
@@ -158,6 +165,9 @@ class RedisBroker(Broker):
         self._record: Callable[[], dict[str, Any]] = dict
         # counters for /stats and the metrics
         self._publishes = 0  # numbers each publish (its id, for retries)
+        self._outbox: list[_Pending] = []
+        self._sender: asyncio.Task[None] | None = None
+        self.batches = 0  # pipelines sent
         self.published = 0
         self.received = 0
         self.gaps_filled = 0
@@ -201,13 +211,22 @@ class RedisBroker(Broker):
             )
             client: aioredis.Redis = sentinel.master_for(cfg.sentinel_master, **kwargs)
             return client
-        return aioredis.Redis(host=cfg.host, port=cfg.port, **kwargs)
+        # bounded: a burst of history calls waits for a connection instead
+        # of opening one each (publishes share one pipeline, see _send)
+        conn = dict(kwargs)  # the connections' own settings, retries included
+        if cfg.tls:
+            conn.pop("ssl", None)
+            conn["connection_class"] = aioredis.SSLConnection
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=POOL_SIZE, timeout=cfg.timeout, host=cfg.host, port=cfg.port, **conn
+        )
+        return aioredis.Redis(connection_pool=pool)
 
     async def start(self) -> None:
         if self._started:
             return
         self._client = self._connect()
-        self._script = self._client.register_script(PUBLISH_LUA)
+        self._sha = None
         self._started = True
         try:
             await self._client.ping()
@@ -231,14 +250,18 @@ class RedisBroker(Broker):
         self._started = False
         self._up = False
         self._reason = "closed"
-        for task in (self._reader, self._registry):
+        for task in (self._reader, self._registry, self._sender):
             if task is not None:
                 task.cancel()
                 try:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        self._reader = self._registry = None
+        self._reader = self._registry = self._sender = None
+        for _, fut in self._outbox:
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable("broker redis is closed"))
+        self._outbox = []
         if self._pubsub is not None:
             try:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -254,7 +277,7 @@ class RedisBroker(Broker):
                     )
                 except Exception:
                     pass
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
             self._client = None
         self._subscribed.clear()
 
@@ -298,19 +321,17 @@ class RedisBroker(Broker):
         return (await self.publish_many([(type_, payload, key)]))[0]
 
     async def publish_many(self, items: Sequence[tuple[str, Any, str | None]]) -> list[Publication]:
-        client = self._check()
+        self._check()
         if not items:
             return []
         calls = [self._args(t, p, k) for t, p, k in items]
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._outbox.append((calls, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send(), name="redis-publisher")
         try:
-            if len(calls) == 1:
-                seqs = [await self._script(keys=calls[0][0], args=calls[0][1])]
-            else:
-                async with client.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        await self._script(keys=keys, args=args, client=pipe)
-                    seqs = await pipe.execute()
+            seqs = await fut
         except RedisTimeoutError as exc:
             error = self._command_failed("publish", exc)
             error.message = (
@@ -320,8 +341,6 @@ class RedisBroker(Broker):
             raise error from None
         except RedisError as exc:
             raise self._command_failed("publish", exc) from None
-        rtt = time.perf_counter() - started
-        self.rtt = rtt if not self.rtt else self.rtt * 0.9 + rtt * 0.1
         out = []
         for (type_, _, key), (_, args), seq in zip(items, calls, seqs, strict=True):
             seq = int(seq)
@@ -332,6 +351,63 @@ class RedisBroker(Broker):
                 self._latest[type_] = seq
         self.published += len(out)
         return out
+
+    async def _evalsha(self, batch: list[_Pending]) -> list[Any]:
+        """EVALSHA every publish of ``batch``: one command alone, a pipeline
+        (one round trip, no SCRIPT EXISTS) for several."""
+        client = self._client
+        assert client is not None
+        if self._sha is None:
+            self._sha = await client.script_load(PUBLISH_LUA)
+        sha = self._sha
+        calls = [call for calls, _ in batch for call in calls]
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [await client.evalsha(sha, len(keys), *keys, *args)]
+        async with client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            return list(await pipe.execute())
+
+    async def _send(self) -> None:
+        """Send every publish waiting, as one pipeline, until none waits.
+
+        Publishes made while a pipeline is out go in the next one, so under
+        load they batch by themselves (one round trip and one connection for
+        many), and at light load each goes at once."""
+        while self._outbox and self._client is not None:
+            batch, self._outbox = self._outbox, []
+            batch = [(calls, fut) for calls, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                try:
+                    results = await self._evalsha(batch)
+                except NoScriptError:  # Redis restarted: load it again (publishes are idempotent)
+                    self._sha = None
+                    results = await self._evalsha(batch)
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                # what waits behind was never sent: refuse it now, not after
+                # its own round of timeouts and retries
+                waiting, self._outbox = self._outbox, []
+                for _, fut in waiting:
+                    if not fut.done():
+                        fut.set_exception(
+                            BrokerUnavailable(f"broker redis is unavailable (not published): {exc}")
+                        )
+                continue
+            rtt = time.perf_counter() - started
+            self.rtt = rtt if not self.rtt else self.rtt * 0.9 + rtt * 0.1
+            self.batches += 1
+            i = 0
+            for calls, fut in batch:
+                if not fut.done():
+                    fut.set_result(results[i : i + len(calls)])
+                i += len(calls)
 
     # -- history ----------------------------------------------------------------------
 
@@ -693,6 +769,7 @@ class RedisBroker(Broker):
             "errors": self.errors,
             "resets": self.resets,
             "publish_rtt_ms": round(self.rtt * 1000, 3),
+            "publish_batches": self.batches,
         }
 
 

@@ -147,3 +147,17 @@ async def test_redis_that_lost_its_data_restarts_numbering(
     await settle(got, 4)
     assert got[-1].seq == 1 and got[-1].data == p.data
     assert b.stats()["resets"] >= 1
+
+
+async def test_concurrent_publishes_share_pipelines_and_few_connections(
+    make, redis_server: RedisServer
+) -> None:
+    b, got = await make()
+    await b.listen(["t"])
+    pubs = await asyncio.gather(*(b.publish("t", i) for i in range(3000)))
+    assert sorted(p.seq for p in pubs) == list(range(1, 3001))
+    assert b.stats()["publish_batches"] < 100  # batched while a pipeline was out
+    clients = int(redis_server.info("clients")["connected_clients"])
+    assert clients <= 10  # the pool (8) and the pub/sub connection, not one per publish
+    await settle(got, 3000)
+    assert [p.seq for p in got] == list(range(1, 3001))
