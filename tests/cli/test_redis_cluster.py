@@ -238,6 +238,7 @@ def test_sentinel_failover_keeps_publishing(
         subscribe(ws, "t")
         assert publish(srv, "t", "on the master")[0] == 202
         assert recv_data(ws, 1)[0]["seq"] == 1
+        s.wait_replicated()  # replication is asynchronous: unreplicated writes die with the master
         s.failover()  # the master dies; the sentinel promotes the replica
         wait_until(
             lambda: publish(srv, "t", "after failover")[0] == 202,
@@ -246,7 +247,12 @@ def test_sentinel_failover_keeps_publishing(
         )
         got = recv_data(ws, 1)[0]
         assert got["payload"] == "after failover"
-        assert got["seq"] >= 2  # the replica had the counter
+        # Either the replica had the counter (seq goes on), or it came up
+        # without the data (replication is asynchronous; on this VM it happens
+        # now and then even after WAIT) and the engine said so: numbering
+        # restarted with the epoch. Never a silent step back.
+        broker = http("GET", srv.api("/ws/queue"))[1]["broker"]
+        assert got["seq"] >= 2 or (got["seq"] == 1 and broker["resets"] >= 1), (got, broker)
         assert_alive(ws)
     finally:
         ws.close()
