@@ -308,9 +308,11 @@ def test_restart_backoff_doubles_and_resets_after_a_stable_run() -> None:
     assert after_exit(policy, rec, ready=False, ran=0.2) is None  # 3 in a row: give up
     # a worker that got ready in between starts the count again
     rec = Record()
+    delays = []
     for _ in range(2):
-        assert after_exit(policy, rec, ready=False, ran=0.1) is not None
-        assert after_exit(policy, rec, ready=True, ran=0.1) is not None
+        delays.append(after_exit(policy, rec, ready=False, ran=0.1))
+        delays.append(after_exit(policy, rec, ready=True, ran=0.1))
+    assert delays == [0.5, 1.0, 2.0, 4.0]  # never None: the failures were not in a row
     assert rec.start_failures == 0
 
 
