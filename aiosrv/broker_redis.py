@@ -158,7 +158,6 @@ class RedisBroker(Broker):
         #: types listened to, and the last seq delivered of each (0: none yet)
         self._listened: dict[str, int] = {}
         self._latest: dict[str, int] = {}  # the highest seq seen of each type
-        self._subscribed: set[str] = set()  # channels the pub/sub connection holds
         self._filling: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()  # the pub/sub connection is open
         self._epoch: str | None = None  # the epoch key's value (see _check_epoch)
@@ -279,7 +278,6 @@ class RedisBroker(Broker):
                     pass
             await self._client.aclose(close_connection_pool=True)
             self._client = None
-        self._subscribed.clear()
 
     def _down(self, reason: str) -> None:
         if self._up or self._reason != reason:
@@ -481,7 +479,6 @@ class RedisBroker(Broker):
         gone = [t for t in types if self._listened.pop(t, None) is not None]
         if gone and self._pubsub is not None and self._up:
             channels = [self._key("ch", t) for t in gone]
-            self._subscribed.difference_update(gone)
             task = asyncio.ensure_future(self._pubsub.unsubscribe(*channels))
             task.add_done_callback(_ignore_result)
 
@@ -514,7 +511,6 @@ class RedisBroker(Broker):
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(f"{self._prefix}:ctl")
-            self._subscribed.clear()
             if self._listened:
                 await pubsub.subscribe(*[self._key("ch", t) for t in self._listened])
         except BaseException:
@@ -592,7 +588,6 @@ class RedisBroker(Broker):
         type_ = self._type_of(channel)
         if type_ is None or type_ not in self._listened:
             return
-        self._subscribed.add(type_)
         # caught up at once: after a reconnect what was published meanwhile,
         # after a first subscribe what came between the counter and now
         try:
