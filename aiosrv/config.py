@@ -66,6 +66,7 @@ __all__ = [
     "ProcessConfig",
     "RedisConfig",
     "ScalingConfig",
+    "SecurityConfig",
     "ServiceDiscoveryConfig",
     "ShutdownConfig",
     "SourcesConfig",
@@ -92,7 +93,10 @@ SPEC = "aiosrv.config"
 KiB = 1024
 MiB = 1024 * KiB
 
-Kind = Literal["str", "optional_str", "int", "float", "duration", "size", "bool", "enum", "paths"]
+Kind = Literal[
+    "str", "optional_str", "int", "float", "duration", "size", "bool", "enum", "paths",
+    "origins", "networks", "patterns",
+]
 
 
 # --------------------------------------------------------------------------- schema
@@ -103,7 +107,9 @@ class FieldSpec:
     """One configuration key: how it is parsed, checked, named and applied."""
 
     path: str  # dotted key path, e.g. "websocket.port" ("" until read off its field)
-    type: Kind  # "duration" = float seconds, "size" = int bytes, "paths" = tuple[str, ...]
+    # "duration" = float seconds, "size" = int bytes; "paths", "origins", "networks"
+    # and "patterns" = tuple[str, ...] (a YAML list or a comma-separated string)
+    type: Kind
     default: Any
     env: tuple[str, ...]  # environment variable names, highest priority first
     live: bool  # True: applied on hot reload; False: needs a restart
@@ -164,6 +170,12 @@ def _constraint_text(
         parts.append(f">= {at_least}")
     if kind == "paths":
         parts.append("each starts with /")
+    if kind == "origins":
+        parts.append("scheme://host[:port], host may start with *.")
+    if kind == "networks":
+        parts.append("IP addresses or CIDR networks")
+    if kind == "patterns":
+        parts.append("type names, * matches any run of characters")
     if kind in ("str",):
         parts.append("non-empty")
     return ", ".join(parts)
@@ -337,11 +349,79 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may connect, subscribe and publish, and how fast (docs/security.md)."""
+
+    enable_auth: bool = _key("bool", False, "ENABLE_AUTH", LIVE,
+        "Require a token (static or JWT) on WebSocket upgrades; applies to new connections.")
+    auth_token: str | None = _key("optional_str", None, "AUTH_TOKEN", LIVE,
+        "Static token clients may present (user `auth_token_user`, default permissions); "
+        "unset = only JWTs.", secret=True)
+    auth_token_user: str = _key("str", "token", "AUTH_TOKEN_USER", LIVE,
+        "User id of connections that present the static token.")
+    jwt_secret: str | None = _key("optional_str", None, "JWT_SECRET", LIVE,
+        "Shared secret of HS256 JWTs; unset = no HS256.", secret=True)
+    jwt_public_key_file: str | None = _key("optional_str", None, "JWT_PUBLIC_KEY_FILE", LIVE,
+        "PEM public key of RS256 (RSA key) or ES256 (P-256 key) JWTs; unset = neither.")
+    jwt_audience: str | None = _key("optional_str", None, "JWT_AUDIENCE", LIVE,
+        "Required `aud` of JWTs; unset = a token with an `aud` is refused.")
+    jwt_issuer: str | None = _key("optional_str", None, "JWT_ISSUER", LIVE,
+        "Required `iss` of JWTs; unset = not checked.")
+    jwt_leeway: float = _key("duration", 0.0, "JWT_LEEWAY", LIVE,
+        "Clock skew allowed when checking `exp` and `nbf`.", minimum=0, maximum=300)
+    default_subscribe: tuple[str, ...] = _key("patterns", ("*",), "DEFAULT_SUBSCRIBE", LIVE,
+        "Types a connection may subscribe to when its token (or no auth) says nothing.")
+    default_publish: tuple[str, ...] = _key("patterns", ("*",), "DEFAULT_PUBLISH", LIVE,
+        "Types a connection may publish to when its token says nothing (WebSocket "
+        "publishing also needs websocket.allow_client_publish).")
+    allowed_origins: tuple[str, ...] = _key("origins", (), "ALLOWED_ORIGINS", LIVE,
+        "Origins browsers may connect from (403 for others); empty = any. A request "
+        "without Origin (not a browser) is not checked.")
+    trusted_proxies: tuple[str, ...] = _key("networks", (), "TRUSTED_PROXIES", LIVE,
+        "Proxies whose X-Forwarded-For / X-Real-IP name the client; empty = none.")
+    rate_limit_enabled: bool = _key("bool", False, "RATE_LIMIT_ENABLED", LIVE,
+        "Limit connection attempts per client address and messages per connection.")
+    connect_rate: float = _key("float", 10.0, "CONNECT_RATE", LIVE,
+        "Connection attempts per second one client address may make (429 beyond).",
+        minimum=0, exclusive_minimum=True)
+    connect_burst: int = _key("int", 20, "CONNECT_BURST", LIVE,
+        "Connection attempts one client address may make at once.", minimum=1)
+    message_rate: float = _key("float", 100.0, "MESSAGE_RATE", LIVE,
+        "Messages per second one connection may send (error rate_limited beyond).",
+        minimum=0, exclusive_minimum=True)
+    message_burst: int = _key("int", 200, "MESSAGE_BURST", LIVE,
+        "Messages one connection may send at once.", minimum=1)
+    flood_limit: int = _key("int", 50, "FLOOD_LIMIT", LIVE,
+        "A connection with more messages refused than this within 10 seconds is "
+        "closed with 1008.", minimum=1)
+    max_connections_per_user: int = _key("int", 0, "MAX_CONNECTIONS_PER_USER", LIVE,
+        "Most connections one user may hold on an instance; 0 = no limit.", minimum=0)
+    user_limit_policy: str = _key("enum", "refuse", "USER_LIMIT_POLICY", LIVE,
+        "At the per-user limit: refuse the new connection (429) or close the user's "
+        "oldest with 1008.", choices=("refuse", "close_oldest"), case="lower")
+    handshake_timeout: float = _key("duration", 10.0, "HANDSHAKE_TIMEOUT", LIVE,
+        "Longest a client may take to send a complete HTTP request head (408 beyond).",
+        minimum=0, exclusive_minimum=True, maximum=600)
+    max_header_size: int = _key("size", 32 * KiB, "MAX_HEADER_SIZE", LIVE,
+        "Largest HTTP request head (request line and headers; 431 beyond).",
+        minimum=1 * KiB, maximum=1 * MiB)
+    ssl_certfile: str | None = _key("optional_str", None, "SSL_CERTFILE", RESTART,
+        "PEM certificate chain: serve TLS on every listener (wss://, https://).")
+    ssl_keyfile: str | None = _key("optional_str", None, "SSL_KEYFILE", RESTART,
+        "PEM private key of ssl_certfile (unset: the key is in ssl_certfile).")
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = _key("enum", "INFO", "LOG_LEVEL", LIVE, "Log level (any case on input).",
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), case="upper")
     file: str | None = _key("optional_str", None, "LOG_FILE", RESTART,
         "Log file path (e.g. logs/websocket-server.log); unset = standard error only.")
+    access_log: bool = _key("bool", False, "ACCESS_LOG", LIVE,
+        "Log one line per HTTP request and WebSocket upgrade (logger aiosrv.access).")
+    audit_log: bool = _key("bool", True, "AUDIT_LOG", LIVE,
+        "Log auth failures, permission refusals, rate-limit closes and admin calls "
+        "(logger aiosrv.audit).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +502,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
@@ -711,6 +792,59 @@ def _parse_paths(value: object) -> tuple[str, ...]:
     return tuple(str(item) for item in items)
 
 
+def _items(value: object, what: str) -> list[str]:
+    """A list of strings from a YAML list or a comma-separated string (may be empty)."""
+    items: list[object]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise _Invalid(f"must be a list of {what}, not {_type_name(value)}")
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"must contain only non-empty strings, not {_type_name(item)}")
+    return [str(item).strip() for item in items]
+
+
+_ORIGIN_RE = re.compile(r"(?i)(https?)://(\*\.)?([a-z0-9-]+(\.[a-z0-9-]+)*)(:\d{1,5})?")
+
+
+def _parse_origins(value: object) -> tuple[str, ...]:
+    out = []
+    for item in _items(value, "origins"):
+        if _ORIGIN_RE.fullmatch(item) is None:
+            raise _Invalid(
+                f"{item!r} is not an origin: write scheme://host or scheme://host:port "
+                "(http or https, no path), or scheme://*.domain for its subdomains"
+            )
+        out.append(item.lower())
+    return tuple(out)
+
+
+def _parse_networks(value: object) -> tuple[str, ...]:
+    import ipaddress
+
+    out = []
+    for item in _items(value, "networks"):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise _Invalid(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+_PATTERN_RE = re.compile(r"[^\s,]+")
+
+
+def _parse_patterns(value: object) -> tuple[str, ...]:
+    out = _items(value, "type patterns")
+    for item in out:
+        if _PATTERN_RE.fullmatch(item) is None:
+            raise _Invalid(f"{item!r} is not a type pattern (no spaces or commas)")
+    return tuple(out)
+
+
 _PARSERS: dict[str, Callable[[object], Any]] = {
     "int": _parse_int,
     "float": _parse_float,
@@ -720,6 +854,9 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "str": _parse_str,
     "optional_str": _parse_optional_str,
     "paths": _parse_paths,
+    "origins": _parse_origins,
+    "networks": _parse_networks,
+    "patterns": _parse_patterns,
 }
 
 
