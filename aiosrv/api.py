@@ -2,8 +2,15 @@
 
 ``/health``, ``/status``, ``/stats``, ``/config``, ``/ws/stats``, ``/ws/queue``,
 ``POST /api/publish``, ``POST /admin/reload-config``, ``POST /admin/gc``,
-``GET /admin/gc-stats`` and ``/metrics``. When ``api.token`` is set, publish
-and the admin routes need ``Authorization: Bearer <token>``.
+``GET /admin/gc-stats`` and ``/metrics``.
+
+Access: when ``api.token`` is set, publish and the admin routes need
+``Authorization: Bearer <api.token>``; without one they answer only loopback
+callers (the client's address, as trusted proxies report it). With
+authentication on, ``POST /api/publish`` also takes a user's JWT as the
+bearer, limited to the types its ``publish`` claim allows. Nobody publishes
+to the built-in types (``status``, ``stats``, ``health``). Admin calls and
+refusals are audit lines; :class:`AccessLogger` writes the access log.
 """
 
 from __future__ import annotations
@@ -18,9 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
-from .errors import ClientError, InvalidJSON, InvalidMessage, Unauthorized
+from .auth import AuthFailed, Principal, is_loopback
+from .errors import (
+    BUILTIN_TYPES,
+    ClientError,
+    Forbidden,
+    InvalidJSON,
+    InvalidMessage,
+    Unauthorized,
+)
 from .keys import REGISTRY, SERVER
+from .logs import ACCESS, audit
 from .protocol import http_error_body, parse_publication
 from .stats import (
     connections_snapshot,
@@ -56,16 +73,61 @@ def error_response(error: ClientError) -> web.Response:
     )
 
 
-def _check_token(request: web.Request) -> None:
-    token = _server(request).config.api.token
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    return given.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _check_token(request: web.Request, jwt_ok: bool = False) -> Principal | None:
+    """Let the call through (None: with full rights; a principal: a JWT user,
+    limited to its permissions) or raise the refusal.
+
+    With ``api.token`` set the caller must send it as the bearer; without, only
+    loopback callers get in. ``jwt_ok``: with auth on, a valid JWT also gets in.
+    """
+    server = _server(request)
+    token = server.config.api.token
+    given = _bearer(request)
+    address = server.client_address(request.transport, request.headers)
+    if token and given is not None and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    if not token and given is None and is_loopback(address):
+        return None
+    authenticator = server.policy.authenticator
+    if jwt_ok and authenticator.enabled and given is not None and given != token:
+        try:
+            return authenticator.authenticate(given)
+        except AuthFailed as exc:
+            _audit_refusal(request, address, f"authentication failed: {exc.reason}")
+            raise Unauthorized(f"authentication failed: {exc.reason}") from None
+    if token:
+        _audit_refusal(request, address, "missing or wrong api token")
         raise Unauthorized(
             "this endpoint needs 'Authorization: Bearer <token>' with the configured api.token"
         )
+    _audit_refusal(request, address, "not a loopback caller and no api.token is configured")
+    raise Forbidden(
+        f"{request.path} answers only loopback callers when api.token is unset; "
+        "configure API_TOKEN on the server and send it as 'Authorization: Bearer <token>'"
+    )
+
+
+def _audit_refusal(request: web.Request, address: str, reason: str) -> None:
+    audit(_server(request).config.logging.audit_log, logging.WARNING, "api access refused",
+          addr=address, method=request.method, path=request.path, reason=reason)  # fmt: skip
+
+
+def _check_publishable(types: list[str], principal: Principal | None) -> None:
+    for type_ in types:
+        if type_ in BUILTIN_TYPES:
+            raise Forbidden(
+                f"type {type_!r} is one of the server's built-in types; only the server "
+                "publishes to it"
+            )
+        if principal is not None and not principal.publish.allows(type_):
+            raise Forbidden(
+                f"user {principal.user!r} may not publish to {type_!r} (not in its permissions)"
+            )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -123,7 +185,7 @@ async def ws_queue(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     server = _server(request)
     try:
-        _check_token(request)
+        principal = _check_token(request, jwt_ok=True)
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -137,10 +199,12 @@ async def publish(request: web.Request) -> web.Response:
                     f"body lists {len(body)} messages; at most {MAX_PUBLISH_BATCH} per request"
                 )
             items = [parse_publication(item, f"body[{i}]") for i, item in enumerate(body)]
+            _check_publishable([t for t, _, _ in items], principal)
             pubs = await server.hub.publish_many(items)
             server.stats.published_http += len(pubs)
             return json_response({"seq": [p.seq for p in pubs]}, 202)
         type_, payload, key = parse_publication(body)
+        _check_publishable([type_], principal)
         pub = await server.hub.publish_checked(type_, payload, key)
         server.stats.published_http += 1
         return json_response({"seq": pub.seq}, 202)
@@ -157,11 +221,15 @@ def token_required(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.Response:
+        server = _server(request)
         try:
             _check_token(request)
         except ClientError as exc:
-            _server(request).stats.count_error(exc.code)
+            server.stats.count_error(exc.code)
             return error_response(exc)
+        audit(server.config.logging.audit_log, logging.INFO, "admin call",
+              addr=server.client_address(request.transport, request.headers), method=request.method,
+              path=request.path)  # fmt: skip
         return await handler(request)
 
     return checked
@@ -240,3 +308,39 @@ API_ROUTES = [
 ]
 
 METRICS_ROUTES = [web.get("/metrics", metrics)]
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per HTTP request and WebSocket upgrade, when logging.access_log
+    is on (live): ``ADDR - USER [TIME] "METHOD PATH HTTP/x.y" STATUS BYTES MSms``,
+    the operations guide's format plus the duration. A ``token`` in the query
+    shows as ``token=***``; USER is ``-`` for the HTTP API."""
+
+    def log(
+        self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float
+    ) -> None:
+        server = request.app[SERVER] if isinstance(request, web.Request) else None
+        if server is None or not server.config.logging.access_log:
+            return
+        query = "&".join(
+            f"{k}=***" if k == "token" else f"{k}={v}" for k, v in request.query.items()
+        )
+        target = request.path + (f"?{query}" if query else "")
+        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        ACCESS.info(
+            '%s - %s [%s] "%s %s HTTP/%d.%d" %d %s %.1fms',
+            server.client_address(request.transport, request.headers),
+            request.get("aiosrv.user", "-"),
+            stamp,
+            request.method,
+            target,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length if response.status != 101 else 0,
+            elapsed * 1000,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return ACCESS.isEnabledFor(logging.INFO)

@@ -29,7 +29,8 @@ MAX_HTTP_BODY = 8 * 1024 * 1024
 
 
 def _ws_routes(config: Config) -> list[web.RouteDef]:
-    return [web.get(path, websocket_handler) for path in config.websocket.paths]
+    # every method: a non-GET gets the handshake's 400 (docs/protocol.md), not a 405
+    return [web.route("*", path, websocket_handler) for path in config.websocket.paths]
 
 
 def create_app(

@@ -54,6 +54,11 @@ class Counters:
     published_http: int = 0
     published_ws: int = 0
     published_sources: int = 0
+    auth_failures: int = 0  # upgrades refused with 401 (also in rejected["unauthorized"])
+    user_limit_closes: int = 0  # closed with 1008 to make room for the same user's newer one
+    flood_closes: int = 0  # closed with 1008 for flooding past the message rate limit
+    rate_limited_messages: int = 0  # messages refused with rate_limited
+    token_expired_closes: int = 0  # closed with 1008 when the JWT expired unrefreshed
 
     def count_error(self, code: str) -> None:
         self.errors[code] += 1

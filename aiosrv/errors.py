@@ -11,6 +11,9 @@ Exception tree::
     │   ├── ReservedType            code reserved_type
     │   ├── TooManySubscriptions    code too_many_subscriptions
     │   ├── PublishForbidden        code publish_forbidden
+    │   ├── Forbidden               code forbidden (HTTP 403): the principal's
+    │   │                           permissions, or a built-in type
+    │   ├── RateLimited             code rate_limited (HTTP 429)
     │   ├── Unauthorized            code unauthorized (HTTP 401)
     │   ├── QueueFull               code queue_full (HTTP 503)
     │   └── BrokerUnavailable       code broker_unavailable (HTTP 503); what a
@@ -59,6 +62,10 @@ class ErrorCode:
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     PUBLISH_FORBIDDEN = "publish_forbidden"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    ORIGIN_REFUSED = "origin_refused"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     QUEUE_FULL = "queue_full"
     BROKER_UNAVAILABLE = "broker_unavailable"
     NOT_FOUND = "not_found"
@@ -109,6 +116,16 @@ class PublishForbidden(ClientError):
     http_status = 403
 
 
+class Forbidden(ClientError):
+    code = ErrorCode.FORBIDDEN
+    http_status = 403
+
+
+class RateLimited(ClientError):
+    code = ErrorCode.RATE_LIMITED
+    http_status = 429
+
+
 class Unauthorized(ClientError):
     code = ErrorCode.UNAUTHORIZED
     http_status = 401
@@ -147,6 +164,21 @@ class FrameError(AiosrvError):
 #: server's own replies, so a data message of that type would be ambiguous.
 RESERVED_TYPES: frozenset[str] = frozenset({"error"})
 
+#: Types only the server publishes (its built-in sources): a publish to one
+#: of them from outside (HTTP or WebSocket) is refused with ``forbidden``.
+BUILTIN_TYPES: frozenset[str] = frozenset({"status", "stats", "health"})
+
+#: Connection attempts remembered per client address for the connect rate
+#: limit (a bucket per address; full buckets are dropped first).
+MAX_TRACKED_ADDRESSES = 100_000
+
+#: Window in which ``security.flood_limit`` refused messages close a connection.
+FLOOD_WINDOW = 10.0
+
 #: Longest accepted type name and key, in characters.
 MAX_TYPE_LENGTH = 128
 MAX_KEY_LENGTH = 256
+
+#: Most data frames (the first and its continuations) one client message may
+#: come in; one more fails the connection with 1009 (``FrameReader``).
+MAX_FRAGMENTS = 1024

@@ -43,17 +43,33 @@ def _tokens(value: str) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def check_upgrade(method: str, headers: Mapping[str, str]) -> str:
+def _count(headers: Mapping[str, str], name: str) -> int:
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return 1 if name in headers else 0
+    return len(getall(name, ()))
+
+
+def check_upgrade(
+    method: str, headers: Mapping[str, str], http_version: tuple[int, int] = (1, 1)
+) -> str:
     """Validate an upgrade request; return its ``Sec-WebSocket-Key``.
 
-    Raises :class:`NotAnUpgrade` for a request that does not ask for a
-    WebSocket at all and :class:`BadHandshake` for one that asks wrongly.
+    Raises :class:`NotAnUpgrade` for a plain ``GET`` that does not ask for a
+    WebSocket at all and :class:`BadHandshake` for any other method, and for
+    an upgrade that asks wrongly (HTTP/1.0, a header given twice, a bad key).
     """
+    if method != "GET":
+        raise BadHandshake(f"a WebSocket upgrade must be a GET request, not {method}")
     upgrade = headers.get("Upgrade", "")
     if "websocket" not in _tokens(upgrade):
         raise NotAnUpgrade()
-    if method != "GET":
-        raise BadHandshake(f"a WebSocket upgrade must be a GET, not {method}")
+    if tuple(http_version) < (1, 1):
+        major, minor = http_version
+        raise BadHandshake(f"a WebSocket upgrade needs HTTP/1.1 or later, not HTTP/{major}.{minor}")
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Upgrade"):
+        if _count(headers, name) > 1:
+            raise BadHandshake(f"the {name} header is given more than once")
     if "upgrade" not in _tokens(headers.get("Connection", "")):
         raise BadHandshake("the Connection header must include 'upgrade'")
     version = headers.get("Sec-WebSocket-Version", "")

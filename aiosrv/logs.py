@@ -16,6 +16,29 @@ import sys
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ROOT = "aiosrv"
 
+#: Security events (logging.audit_log): auth failures, refusals, rate-limit
+#: closes, admin calls. One line each: ``<event>: key=value ...``.
+AUDIT = logging.getLogger("aiosrv.audit")
+
+#: One line per HTTP request and WebSocket upgrade (logging.access_log).
+ACCESS = logging.getLogger("aiosrv.access")
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/[]*@+")
+
+
+def _show(value: object) -> str:
+    text = "-" if value is None else str(value)
+    if text and all(c in _PLAIN for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def audit(enabled: bool, level: int, event: str, **fields: object) -> None:
+    """Write one audit line, ``<event>: key=value ...`` (values with spaces
+    quoted), if ``enabled`` (logging.audit_log). Callers never pass secrets."""
+    if enabled and AUDIT.isEnabledFor(level):
+        AUDIT.log(level, "%s: %s", event, " ".join(f"{k}={_show(v)}" for k, v in fields.items()))
+
 
 def setup_logging(level: str, file: str | None = None) -> None:
     logger = logging.getLogger(_ROOT)

@@ -61,6 +61,21 @@ class ServerCollector:
         for reason, n in sorted(st.rejected.items()):
             rej.add_metric([reason], n)
         yield rej
+        security = CounterMetricFamily(
+            "aiosrv_security_events",
+            "Security events: connections closed for flooding (flood_close), for an "
+            "expired token (token_expired), to make room for the same user (user_limit); "
+            "messages refused by the rate limit (rate_limited_message).",
+            labels=["event"],
+        )
+        for event, n in (
+            ("flood_close", st.flood_closes),
+            ("token_expired", st.token_expired_closes),
+            ("user_limit", st.user_limit_closes),
+            ("rate_limited_message", st.rate_limited_messages),
+        ):
+            security.add_metric([event], n)
+        yield security
         closes = CounterMetricFamily(
             "aiosrv_disconnects", "Connections closed, by close code.", labels=["code"]
         )

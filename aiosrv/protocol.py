@@ -15,7 +15,7 @@ it again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from .errors import (
     UnknownAction,
 )
 
-ACTIONS = ("subscribe", "unsubscribe", "ping", "history", "publish")
+ACTIONS = ("subscribe", "unsubscribe", "ping", "history", "publish", "refresh")
 
 
 def now_ms() -> int:
@@ -74,7 +74,15 @@ class Publish:
     key: str | None
 
 
-Request = Subscribe | Unsubscribe | Ping | History | Publish
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A new token for the same user, before the connection's expires."""
+
+    id: str | None
+    token: str = field(repr=False)
+
+
+Request = Subscribe | Unsubscribe | Ping | History | Publish | Refresh
 
 
 # -- validation helpers -------------------------------------------------------
@@ -165,6 +173,11 @@ def parse_request(text: str | bytes) -> Request:
         return _parse_history(rid, payload)
     if action == "publish":
         return _parse_publish(rid, payload)
+    if action == "refresh":
+        token = payload.get("token")
+        if not isinstance(token, str) or not token:
+            raise InvalidMessage("payload.token must be the new token, a non-empty string", rid)
+        return Refresh(rid, token)
     raise UnknownAction(
         f"unknown action {_show(action)}; expected one of " + ", ".join(ACTIONS), rid
     )

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from . import identity as ident
 from .app import create_app
+from .auth import exposure_warnings
 from .config import Config, ConfigError, inert_settings, listeners
 from .identity import Identity
 from .logs import FORMAT, reopen_files, setup_logging
@@ -253,6 +254,11 @@ def serve(
     log.info("starting aiosrv on %s, config %s", loop_name, config.source_path or "(defaults)")
     for note in inert_settings(config):
         log.warning("config: %s", note)
+    for note in exposure_warnings(
+        config.security.enable_auth, bool(config.api.token), config.websocket.host,
+        config.api.host,
+    ):  # fmt: skip
+        log.warning("%s", note)
     try:
         server = Server(config, env=env, overrides=overrides)
     except ConfigError as exc:

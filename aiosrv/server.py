@@ -18,21 +18,23 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import __version__
+from .auth import Principal, SecurityPolicy, client_address
 from .broker import Broker, Publication
 from .broker_memory import MemoryBroker
 from .clock import Clock, LoopClock
 from .config import Change, Config, ConfigError, apply_live, diff_config, load_config
 from .counters import Counters, Sampler
-from .errors import ClientError, CloseCode
+from .errors import MAX_TRACKED_ADDRESSES, ClientError, CloseCode, ErrorCode
 from .fanout import IMPLEMENTATION, FanOut, Subscriber
 from .heartbeat import Heartbeat
 from .hub import Hub, HubSettings
-from .logs import set_level
+from .logs import audit, set_level
+from .ratelimit import AddressLimiter
 from .sources import Sources
 from .stats import source_snapshots
 
@@ -74,6 +76,7 @@ class Client(Protocol):
 
     id: str
     peer: str
+    principal: Principal
     sub: Subscriber
     closing: bool
     close_code: int | None
@@ -144,6 +147,12 @@ class Server:
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.stats = Counters()
         self.connections: dict[str, Client] = {}
+        #: connections of each user the per-user limit applies to, oldest first
+        self.users: dict[str, dict[str, Client]] = {}
+        #: authentication, origins, trusted proxies: rebuilt on reload
+        self.policy = SecurityPolicy.from_config(config.security)
+        #: connection attempts per client address (security.connect_rate)
+        self.connect_limiter = AddressLimiter(MAX_TRACKED_ADDRESSES)
         #: connections whose close has begun: their socket lingers until the
         #: client answers the close frame or CLOSE_TIMEOUT passes
         self.closing_connections: set[Client] = set()
@@ -314,8 +323,69 @@ class Server:
             )
         return None
 
+    def client_address(self, transport: Any, headers: Mapping[str, str]) -> str:
+        """The address of the client of a request on ``transport``: its
+        socket's peer, or what a trusted proxy's headers say."""
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        peer = str(peername[0]) if peername else "unknown"
+        return client_address(peer, headers, self.policy.proxies)
+
+    def connect_refusal(self, address: str) -> Refusal | None:
+        """Refused (429) when ``address`` opens connections faster than
+        security.connect_rate allows (with rate limits on)."""
+        cfg = self.config.security
+        if not cfg.rate_limit_enabled:
+            return None
+        if self.connect_limiter.allow(
+            address, self.clock.time(), cfg.connect_rate, cfg.connect_burst
+        ):
+            return None
+        self.stats.rejected["rate_limited"] += 1
+        return Refusal(
+            429,
+            ErrorCode.RATE_LIMITED,
+            f"too many connection attempts from {address}: at most {cfg.connect_rate:g} "
+            f"per second (burst {cfg.connect_burst}); retry later",
+        )
+
+    def user_refusal(self, principal: Principal, address: str) -> Refusal | None:
+        """The per-user connection limit (security.max_connections_per_user):
+        refuse the new connection (429), or close the user's oldest ones with
+        1008 to make room (policy close_oldest), or None when there is room."""
+        cfg = self.config.security
+        limit = cfg.max_connections_per_user
+        if not limit or not principal.limited:
+            return None
+        held = self.users.get(principal.user)
+        if held is None or len(held) < limit:
+            return None
+        if cfg.user_limit_policy == "refuse":
+            self.stats.rejected["user_limit"] += 1
+            audit(self.config.logging.audit_log, logging.WARNING,
+                  "connection refused, user limit", addr=address, user=principal.user,
+                  held=len(held), limit=limit)  # fmt: skip
+            return Refusal(
+                429,
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"user {principal.user!r} already holds {len(held)} connections, the most "
+                f"allowed per user ({limit}); close one first",
+            )
+        for old in list(held.values())[: len(held) - limit + 1]:
+            self.stats.user_limit_closes += 1
+            audit(self.config.logging.audit_log, logging.WARNING,
+                  "connection closed, user limit", addr=old.peer, user=principal.user,
+                  client=old.id, limit=limit)  # fmt: skip
+            held.pop(old.id, None)
+            old.close_soon(
+                CloseCode.POLICY_VIOLATION,
+                f"replaced by a newer connection of the same user (at most {limit} per user)",
+            )
+        return None
+
     def register(self, conn: Client) -> None:
         self.connections[conn.id] = conn
+        if conn.principal.limited:
+            self.users.setdefault(conn.principal.user, {})[conn.id] = conn
         self.core.add(conn.sub)
         self.stats.connections_total += 1
 
@@ -324,6 +394,11 @@ class Server:
         went); idempotent."""
         if self.connections.pop(conn.id, None) is None:
             return
+        held = self.users.get(conn.principal.user)
+        if held is not None:
+            held.pop(conn.id, None)
+            if not held:
+                del self.users[conn.principal.user]
         self.core.remove(conn.sub)
         self.hub.interest_changed()
         if conn.close_code is not None:
@@ -406,6 +481,13 @@ class Server:
             log.error("config reload failed, keeping the running config: %s", "; ".join(errors))
             return ReloadResult(False, path, errors=errors)
         effective, restart = apply_live(self.config, new)
+        try:
+            SecurityPolicy.from_config(effective.security)  # a key file may be bad
+        except ConfigError as exc:
+            self.stats.reloads_failed += 1
+            errors = [str(p) for p in exc.problems]
+            log.error("config reload failed, keeping the running config: %s", "; ".join(errors))
+            return ReloadResult(False, path, errors=errors)
         applied = [c for c in diff_config(self.config, effective)]
         self.apply(effective)
         self.stats.reloads_ok += 1
@@ -426,6 +508,8 @@ class Server:
     def apply(self, config: Config) -> None:
         """Switch to a new configuration whose restart-only keys are unchanged."""
         old = self.config
+        if config.security != old.security:
+            self.policy = SecurityPolicy.from_config(config.security)
         self.config = config
         self.hub.configure(hub_settings(config))
         if config.logging.level != old.logging.level:

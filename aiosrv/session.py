@@ -42,17 +42,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import handshake, protocol
+from .auth import AuthFailed, Principal, SecurityPolicy
 from .broker import HistoryPage
 from .clock import Clock, Timer
 from .config import Config
 from .counters import Counters
 from .errors import (
+    BUILTIN_TYPES,
+    FLOOD_WINDOW,
     ClientError,
     CloseCode,
+    Forbidden,
     FrameError,
     InvalidMessage,
     PublishForbidden,
+    RateLimited,
     TooManySubscriptions,
+    Unauthorized,
 )
 from .fanout import (
     OP_BINARY,
@@ -67,6 +73,8 @@ from .fanout import (
     encode_frame,
 )
 from .hub import Hub
+from .logs import audit
+from .ratelimit import TokenBucket
 
 # operators grep the connect and disconnect lines by this name
 log = logging.getLogger("aiosrv.connection")
@@ -113,6 +121,7 @@ class SessionContext:
     registry: Registry
     clock: Clock
     spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
+    policy: Callable[[], SecurityPolicy]
 
 
 # -- RFC 6455 message rules (the frame rules are the core's FrameReader) ----------
@@ -195,12 +204,15 @@ class Session:
     manual clock."""
 
     __slots__ = (
+        "_bucket",
         "_close_sent",
         "_close_timer",
         "_eof",
+        "_expiry_timer",
         "_inflate_reset",
         "_inflater",
         "_input_ended",
+        "_strikes",
         "_waiting",
         "_worker",
         "close_code",
@@ -212,6 +224,7 @@ class Session:
         "messages_in",
         "path",
         "peer",
+        "principal",
         "reader",
         "sub",
         "transport",
@@ -224,11 +237,19 @@ class Session:
         peer: str,
         deflate: handshake.Deflate | None = None,
         path: str = "",
+        principal: Principal | None = None,
     ) -> None:
         self.ctx = ctx
         self.transport = transport
         self.peer = peer
         self.path = path
+        self.principal = principal if principal is not None else (
+            ctx.policy().authenticator.anonymous()
+        )
+        # the message rate limit (security.message_rate) and its flood count
+        self._bucket: TokenBucket | None = None
+        self._strikes: TokenBucket | None = None
+        self._expiry_timer: Timer | None = None
         self.id = new_connection_id()
         self.connected_at = ctx.clock.time()
         self.messages_in = 0
@@ -312,6 +333,9 @@ class Session:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The socket is closed."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -333,6 +357,8 @@ class Session:
     # -- messages ------------------------------------------------------------
 
     def _on_message(self, opcode: int, payload: bytes, compressed: bool) -> None:
+        if opcode != OP_PONG and opcode != OP_CLOSE and not self._within_rate():
+            return
         if opcode == OP_TEXT:
             self.messages_in += 1
             self.ctx.counters.messages_in += 1
@@ -353,6 +379,44 @@ class Session:
         elif opcode == OP_CLOSE:
             self._on_close_frame(payload)
 
+    def _within_rate(self) -> bool:
+        """Whether this message (text, binary or ping) is within the rate
+        limit. Beyond it the message is refused with ``rate_limited``; a client
+        refused more than ``flood_limit`` times in :data:`FLOOD_WINDOW`
+        seconds is closed with 1008."""
+        sec = self.ctx.config().security
+        if not sec.rate_limit_enabled:
+            return True
+        now = self.ctx.clock.time()
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(sec.message_burst, now)
+        if bucket.take(now, sec.message_rate, sec.message_burst):
+            return True
+        counters = self.ctx.counters
+        counters.rate_limited_messages += 1
+        strikes = self._strikes
+        if strikes is None:
+            strikes = self._strikes = TokenBucket(sec.flood_limit, now)
+        if not strikes.take(now, sec.flood_limit / FLOOD_WINDOW, sec.flood_limit):
+            counters.flood_closes += 1
+            audit(self.ctx.config().logging.audit_log, logging.WARNING,
+                  "connection closed, flooding", addr=self.peer, user=self.principal.user,
+                  client=self.id, limit=f"{sec.message_rate:g}/s")  # fmt: skip
+            self._fail(
+                CloseCode.POLICY_VIOLATION,
+                f"flooding: more than {sec.flood_limit} messages refused in "
+                f"{FLOOD_WINDOW:g} s (limit {sec.message_rate:g} per second)",
+            )
+            return False
+        self.send_error(
+            RateLimited(
+                f"message refused, not processed: more than {sec.message_rate:g} messages "
+                f"per second (burst {sec.message_burst}); send it again later"
+            )
+        )
+        return False
+
     def _inflate(self, payload: bytes) -> bytes:
         inflater = self._inflater
         if inflater is None or self._inflate_reset:
@@ -371,6 +435,8 @@ class Session:
             else:
                 self.send_error(exc)
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Client %s: %.300r", self.id, req)
         if self._waiting is not None:
             self._wait(req)
         elif _needs_await(req, self.ctx.hub):
@@ -430,16 +496,20 @@ class Session:
                 self._worker = None
 
     def _handle_now(self, req: protocol.Request) -> None:
+        self._check_permission(req)
         if isinstance(req, protocol.Subscribe):
             self._subscribe(req, {}, [])
         elif isinstance(req, protocol.Unsubscribe):
             self._unsubscribe(req)
         elif isinstance(req, protocol.Ping):
             self.send_json(protocol.encode_reply("pong", req.id, {}))
+        elif isinstance(req, protocol.Refresh):
+            self._refresh(req)
         else:  # pragma: no cover - _needs_await routes the others
             raise AssertionError(req)
 
     async def _handle_later(self, req: protocol.Request) -> None:
+        self._check_permission(req)
         if isinstance(req, protocol.Subscribe):
             hub = self.ctx.hub
             hub.hold(req.types)
@@ -452,6 +522,112 @@ class Session:
             await self._history(req)
         elif isinstance(req, protocol.Publish):
             await self._publish(req)
+
+    # -- permissions and tokens ------------------------------------------------
+
+    def _check_permission(self, req: protocol.Request) -> None:
+        """Refuse with ``forbidden`` what this client's principal may not do:
+        subscribe to (or read the history of) a type outside its subscribe
+        patterns, publish to a built-in type or outside its publish patterns."""
+        principal = self.principal
+        if isinstance(req, protocol.Subscribe):
+            denied = [t for t in req.types if not principal.subscribe.allows(t)]
+            if denied:
+                self._refuse(req, "subscribe to", denied)
+        elif isinstance(req, protocol.History):
+            if not principal.subscribe.allows(req.type):
+                self._refuse(req, "read the history of", [req.type])
+        elif isinstance(req, protocol.Publish):
+            if not self.ctx.config().websocket.allow_client_publish:
+                raise PublishForbidden(
+                    "this server does not accept publish from WebSocket clients "
+                    "(websocket.allow_client_publish is false); use POST /api/publish",
+                    req.id,
+                )
+            if req.type in BUILTIN_TYPES:
+                self._refuse(
+                    req, "publish to", [req.type], "it is one of the server's built-in types"
+                )
+            if not principal.publish.allows(req.type):
+                self._refuse(req, "publish to", [req.type])
+
+    def _refuse(
+        self, req: protocol.Request, what: str, types: list[str], why: str = ""
+    ) -> None:
+        action = type(req).__name__.lower()
+        audit(self.ctx.config().logging.audit_log, logging.WARNING, "permission refused",
+              addr=self.peer, user=self.principal.user, client=self.id, action=action,
+              types=",".join(types))  # fmt: skip
+        shown = ", ".join(repr(t) for t in types)
+        raise Forbidden(
+            f"user {self.principal.user!r} may not {what} {shown}"
+            + (f": {why}" if why else " (not in its permissions)"),
+            req.id,
+        )
+
+    def start_expiry_timer(self) -> None:
+        """Close with 1008 when the token expires, unless refreshed first."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        left = self.ctx.policy().authenticator.seconds_left(self.principal)
+        if left is not None:
+            self._expiry_timer = self.ctx.clock.call_later(max(0.0, left), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry_timer = None
+        if self.closing:
+            return
+        self.ctx.counters.token_expired_closes += 1
+        audit(self.ctx.config().logging.audit_log, logging.INFO, "token expired",
+              addr=self.peer, user=self.principal.user, client=self.id)  # fmt: skip
+        self.close_soon(
+            CloseCode.POLICY_VIOLATION, "token expired: reconnect with a new token"
+        )
+
+    def _refresh(self, req: protocol.Refresh) -> None:
+        authenticator = self.ctx.policy().authenticator
+        if not authenticator.enabled:
+            raise InvalidMessage(
+                "authentication is off on this server: there is no token to refresh", req.id
+            )
+        try:
+            principal = authenticator.authenticate(req.token)
+        except AuthFailed as exc:
+            audit(self.ctx.config().logging.audit_log, logging.WARNING,
+                  "authentication failed", addr=self.peer, user=self.principal.user,
+                  client=self.id, action="refresh", reason=exc.reason)  # fmt: skip
+            raise Unauthorized(
+                f"refresh refused: {exc.reason}; the connection keeps its current token",
+                req.id,
+            ) from None
+        if principal.user != self.principal.user:
+            raise Forbidden(
+                f"refresh refused: the token is for user {principal.user!r}, this "
+                f"connection's user is {self.principal.user!r}",
+                req.id,
+            )
+        self.principal = principal
+        self.start_expiry_timer()
+        # a narrower token loses the subscriptions it no longer allows
+        dropped = [t for t in self.sub.types() if not principal.subscribe.allows(t)]
+        for t in dropped:
+            self.ctx.core.unsubscribe(self.sub, t)
+        if dropped:
+            self.ctx.hub.interest_changed()
+        self.send_json(
+            protocol.encode_reply(
+                "ack",
+                req.id,
+                {
+                    "action": "refresh",
+                    "user": principal.user,
+                    "expires_at": principal.expires_at,
+                    "types": self.sub.types(),
+                    "dropped": dropped,
+                },
+            )
+        )
 
     # -- actions ---------------------------------------------------------------
 
@@ -527,12 +703,6 @@ class Session:
         )
 
     async def _publish(self, req: protocol.Publish) -> None:
-        if not self.ctx.config().websocket.allow_client_publish:
-            raise PublishForbidden(
-                "this server does not accept publish from WebSocket clients "
-                "(websocket.allow_client_publish is false); use POST /api/publish",
-                req.id,
-            )
         pub = await self.ctx.hub.publish_checked(req.type, req.payload, req.key)
         self.ctx.counters.published_ws += 1
         self.send_json(

@@ -27,10 +27,12 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from . import handshake
+from .auth import AuthFailed, token_from_request
 from .connection import Connection
 from .errors import ErrorCode
 from .keys import SERVER, SESSIONS
-from .server import Server
+from .logs import audit
+from .server import Refusal, Server
 from .session import Session, SessionContext
 
 log = logging.getLogger("aiosrv.connection")
@@ -75,6 +77,7 @@ def session_context(server: Server) -> SessionContext:
         counters=server.stats,
         registry=server,
         clock=server.clock,
+        policy=lambda: server.policy,
         spawn=_spawn,
     )
 
@@ -122,12 +125,29 @@ def _refuse_handshake(status: int, code: str, message: str, **headers: str) -> w
     )
 
 
+def _refused(
+    server: Server, request: web.Request, address: str, refusal: Refusal, event: str, **extra: Any
+) -> web.Response:
+    audit(server.config.logging.audit_log, logging.WARNING, event, addr=address,
+          path=request.path, status=refusal.status, reason=refusal.message, **extra)  # fmt: skip
+    return _refuse_handshake(refusal.status, refusal.code, refusal.message)
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    """The upgrade endpoint (``/ws/realtime``, ``/ws`` and ``/``)."""
+    """The upgrade endpoint (``/ws/realtime``, ``/ws`` and ``/``), any method.
+
+    In order: the request must be a valid RFC 6455 upgrade (400, 426), its
+    address within the connect rate (429), its origin allowed (403), the
+    server not draining or full (503), its token valid when auth is on (401),
+    its user within the per-user limit (429). Each refusal is a JSON error
+    body saying why, and an audit line for the security ones.
+    """
     server = request.app[SERVER]
     ctx = request.app[SESSIONS]
     try:
-        key = handshake.check_upgrade(request.method, request.headers)
+        key = handshake.check_upgrade(
+            request.method, request.headers, (request.version.major, request.version.minor)
+        )
     except handshake.NotAnUpgrade:
         return _refuse_handshake(
             426,
@@ -138,7 +158,35 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except handshake.BadHandshake as exc:
         extra = {"Sec-WebSocket-Version": handshake.VERSION} if exc.status == 426 else {}
         return _refuse_handshake(exc.status, ErrorCode.BAD_HANDSHAKE, exc.message, **extra)
+    address = server.client_address(request.transport, request.headers)
+    refusal = server.connect_refusal(address)
+    if refusal is not None:
+        return _refused(server, request, address, refusal, "connection rate limited")
+    policy = server.policy
+    origin = request.headers.get("Origin")
+    if not policy.origins.allows(origin):
+        server.stats.rejected["origin"] += 1
+        refusal = Refusal(
+            403, ErrorCode.ORIGIN_REFUSED, f"origin {origin!r} is not allowed to connect"
+        )
+        return _refused(server, request, address, refusal, "origin refused", origin=origin)
     refusal = server.admission_refusal()
+    if refusal is not None:
+        return _refuse_handshake(refusal.status, refusal.code, refusal.message)
+    authenticator = policy.authenticator
+    subprotocol = None
+    if authenticator.enabled:
+        token, subprotocol = token_from_request(request.headers, request.query)
+        try:
+            principal = authenticator.authenticate(token)
+        except AuthFailed as exc:
+            server.stats.rejected["unauthorized"] += 1
+            server.stats.auth_failures += 1
+            refusal = Refusal(401, ErrorCode.UNAUTHORIZED, f"authentication failed: {exc.reason}")
+            return _refused(server, request, address, refusal, "authentication failed")
+    else:
+        principal = authenticator.anonymous()
+    refusal = server.user_refusal(principal, address)
     if refusal is not None:
         return _refuse_handshake(refusal.status, refusal.code, refusal.message)
     cfg = server.config.websocket
@@ -150,11 +198,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport, tail = detach(request)
     peername = transport.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else "unknown"
-    session = Session(ctx, transport, peer, deflate, request.path)
+    if peername and address != str(peername[0]):
+        peer = f"{address} via {peer}"  # what a trusted proxy says, and the proxy
+    session = Session(ctx, transport, peer, deflate, request.path, principal)
     transport.set_protocol(Connection(session))
-    transport.write(handshake.response_head(key, deflate))
+    transport.write(handshake.response_head(key, deflate, subprotocol))
     server.register(session)
-    log.info("Client %s connected from %s (%s)", session.id, peer, request.path)
+    log.info("Client %s connected from %s (%s) user=%s", session.id, peer, request.path,
+             principal.user)  # fmt: skip
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "Client %s handshake: origin=%s auth=%s expires_at=%s deflate=%s "
+            "user-agent=%r",
+            session.id, origin, principal.method, principal.expires_at,
+            deflate.header if deflate else None, request.headers.get("User-Agent"),
+        )  # fmt: skip
+    session.start_expiry_timer()
     if not transport.is_reading():
         transport.resume_reading()
     if tail:
@@ -164,7 +223,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 class _Detached(web.StreamResponse):
     """What the handler returns once the socket is the Connection's: aiohttp
-    has nothing left to write."""
+    has nothing left to write. Its status is what the access log shows."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
 
     async def prepare(self, request: web.BaseRequest) -> None:
         return None

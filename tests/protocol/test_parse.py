@@ -27,7 +27,7 @@ from aiosrv.protocol import (
     parse_request,
 )
 
-EXPECTED_ACTIONS = "subscribe, unsubscribe, ping, history, publish"
+EXPECTED_ACTIONS = "subscribe, unsubscribe, ping, history, publish, refresh"
 
 
 def parse(msg):
@@ -46,7 +46,7 @@ def refused(msg, kind=InvalidMessage) -> ClientError:
 
 
 def test_actions():
-    assert ACTIONS == ("subscribe", "unsubscribe", "ping", "history", "publish")
+    assert ACTIONS == ("subscribe", "unsubscribe", "ping", "history", "publish", "refresh")
 
 
 def test_subscribe_minimal():

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from aiosrv.auth import SecurityPolicy
 from aiosrv import session as session_module
 from aiosrv.broker_memory import MemoryBroker
 from aiosrv.clock import ManualClock
@@ -122,6 +123,7 @@ class Harness:
         self.hub = Hub(self.core, self.broker, HubSettings(), clock=self.clock)
         self.registry = Registry(self.core)
         self.counters = Counters()
+        self.policy = SecurityPolicy.from_config(self.config.security)
         self.ctx = SessionContext(
             core=self.core,
             hub=self.hub,
@@ -131,6 +133,7 @@ class Harness:
             registry=self.registry,
             clock=self.clock,
             spawn=lambda coro: asyncio.get_running_loop().create_task(coro),
+            policy=lambda: self.policy,
         )
 
     def open(self) -> tuple[Session, Transport]:
