@@ -126,10 +126,17 @@ def _refuse_handshake(status: int, code: str, message: str, **headers: str) -> w
 
 
 def _refused(
-    server: Server, request: web.Request, address: str, refusal: Refusal, event: str, **extra: Any
+    server: Server,
+    request: web.Request,
+    address: str,
+    refusal: Refusal,
+    event: str,
+    reason: str | None = None,
+    **extra: Any,
 ) -> web.Response:
     audit(server.config.logging.audit_log, logging.WARNING, event, addr=address,
-          path=request.path, status=refusal.status, reason=refusal.message, **extra)  # fmt: skip
+          path=request.path, status=refusal.status, reason=reason or refusal.message,
+          **extra)  # fmt: skip
     return _refuse_handshake(refusal.status, refusal.code, refusal.message)
 
 
@@ -183,7 +190,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             server.stats.rejected["unauthorized"] += 1
             server.stats.auth_failures += 1
             refusal = Refusal(401, ErrorCode.UNAUTHORIZED, f"authentication failed: {exc.reason}")
-            return _refused(server, request, address, refusal, "authentication failed")
+            return _refused(
+                server, request, address, refusal, "authentication failed", exc.reason
+            )
     else:
         principal = authenticator.anonymous()
     refusal = server.user_refusal(principal, address)
