@@ -159,8 +159,9 @@ async def test_jwt_hs256_claims_are_checked(running_server: StartServer) -> None
         "issuer": make_jwt(aud="ws", iss="https://evil.example"),
         "signature": make_jwt(key="another-secret-of-sufficient-length-xxxxx", **good),
         "'exp' claim": make_jwt(ttl=0, **good),
-        "algorithm 'none'": jwt.encode({"sub": "a", "exp": time.time() + 60}, None,
-                                       algorithm="none"),  # fmt: skip
+        "algorithm 'none'": jwt.encode(
+            {"sub": "a", "exp": time.time() + 60}, None, algorithm="none"
+        ),
     }
     for words, token in cases.items():
         status, body = await upgrade_status(running, headers={"Authorization": f"Bearer {token}"})
