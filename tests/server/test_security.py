@@ -601,3 +601,18 @@ async def test_refused_upgrade_with_websockets_client_sees_status(
     with pytest.raises(InvalidStatus) as info:
         await open_ws(running)
     assert info.value.response.status_code == 401
+
+
+def test_the_shipped_production_config_turns_security_on() -> None:
+    from aiosrv.config import ConfigError, load_config
+    from aiosrv.server import Server
+
+    path = Path(__file__).parents[2] / "config" / "production.yaml"
+    cfg = load_config(str(path), {}, use_default_path=False)
+    sec = cfg.security
+    assert sec.enable_auth and sec.rate_limit_enabled and sec.max_connections_per_user == 3
+    assert cfg.logging.access_log and cfg.logging.audit_log
+    with pytest.raises(ConfigError, match="no credential is configured"):
+        Server(cfg)
+    cfg = load_config(str(path), {"AUTH_TOKEN": STATIC}, use_default_path=False)
+    assert Server(cfg).policy.authenticator.enabled
