@@ -201,6 +201,16 @@ class Broker(ABC):
         :class:`~aiosrv.errors.BrokerUnavailable` when the engine is down."""
         return []
 
+    def set_user_connections(self, user: str, count: int) -> None:  # noqa: B027
+        """This instance now holds ``count`` connections of ``user`` (for the
+        per-user limit across instances; engines of one instance ignore it)."""
+
+    async def user_connections_elsewhere(self, user: str) -> int:
+        """Connections ``user`` holds on the other live instances (0 for engines
+        of one instance). Raises :class:`~aiosrv.errors.BrokerUnavailable`
+        when the engine is down."""
+        return 0
+
     def stats(self) -> dict[str, Any]:
         """Engine details for ``/stats`` (types, history sizes, connection
         state): a JSON-serialisable dict with at least ``engine`` (the

@@ -101,6 +101,19 @@ redis.call('PUBLISH', KEYS[3], entry)
 return seq
 """
 
+#: The connections a user holds on the other live instances: KEYS[1] the
+#: instance index (a sorted set scored by expiry), ARGV: the key prefix of the
+#: per-instance user counts, this instance, the user, now in ms.
+USER_COUNT_LUA = """
+local total = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[4], '+inf')) do
+  if id ~= ARGV[2] then
+    total = total + (tonumber(redis.call('HGET', ARGV[1] .. id, ARGV[3])) or 0)
+  end
+end
+return total
+"""
+
 #: Seconds between the records an instance writes of itself (they expire after three).
 REGISTRY_INTERVAL = 2.0
 #: The pub/sub connection is pinged when it has been quiet this long (seconds).
@@ -162,6 +175,10 @@ class RedisBroker(Broker):
         self._connected = asyncio.Event()  # the pub/sub connection is open
         self._epoch: str | None = None  # the epoch key's value (see _check_epoch)
         self._record: Callable[[], dict[str, Any]] = dict
+        # the per-user connection counts of this instance, and those not yet in Redis
+        self._users: dict[str, int] = {}
+        self._users_dirty: set[str] = set()
+        self._users_sync: asyncio.Task[None] | None = None
         # counters for /stats and the metrics
         self._publishes = 0  # numbers each publish (its id, for retries)
         self._outbox: list[_Pending] = []
@@ -249,14 +266,14 @@ class RedisBroker(Broker):
         self._started = False
         self._up = False
         self._reason = "closed"
-        for task in (self._reader, self._registry, self._sender):
+        for task in (self._reader, self._registry, self._sender, self._users_sync):
             if task is not None:
                 task.cancel()
                 try:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        self._reader = self._registry = self._sender = None
+        self._reader = self._registry = self._sender = self._users_sync = None
         for _, fut in self._outbox:
             if not fut.done():
                 fut.set_exception(BrokerUnavailable("broker redis is closed"))
@@ -714,16 +731,83 @@ class RedisBroker(Broker):
             if client is not None and self._up:
                 try:
                     record = {"instance": self.instance_id, "seen": now_ms(), **self._record()}
+                    users = self._users_key()
                     async with client.pipeline(transaction=False) as pipe:
                         pipe.set(self._instance_key(), orjson.dumps(record), px=ttl)
                         pipe.zadd(f"{self._prefix}:instances", {self.instance_id: now_ms() + ttl})
-                        await pipe.execute()
+                        pipe.pexpire(users, ttl)
+                        pipe.hlen(users)
+                        *_, held = await pipe.execute()
+                    if held != len(self._users):  # Redis lost them (a restart): again
+                        self._users_dirty.update(self._users)
+                        self._sync_users_soon()
                 except Exception as exc:
                     log.debug("broker redis: registering failed: %s", exc)
             await asyncio.sleep(REGISTRY_INTERVAL)
 
     def set_instance_record(self, record: Callable[[], dict[str, Any]]) -> None:
         self._record = record
+
+    # -- per-user connection counts, across instances ----------------------------------
+
+    def _users_key(self, instance: str | None = None) -> str:
+        return f"{self._prefix}:users:{instance or self.instance_id}"
+
+    def set_user_connections(self, user: str, count: int) -> None:
+        if count > 0:
+            self._users[user] = count
+        else:
+            self._users.pop(user, None)
+        self._users_dirty.add(user)
+        self._sync_users_soon()
+
+    def _sync_users_soon(self) -> None:
+        if self._users_sync is None and self._started:
+            self._users_sync = asyncio.get_running_loop().create_task(
+                self._sync_users(), name="redis-users"
+            )
+
+    async def _sync_users(self) -> None:
+        """Write the changed counts, one pipeline at a time (so they batch)."""
+        try:
+            while self._users_dirty and self._started:
+                client = self._client
+                if client is None or not self._up:
+                    return  # the registry rewrites them once Redis is back
+                dirty, self._users_dirty = self._users_dirty, set()
+                key = self._users_key()
+                counts = {u: self._users[u] for u in dirty if u in self._users}
+                gone = [u for u in dirty if u not in self._users]
+                try:
+                    async with client.pipeline(transaction=False) as pipe:
+                        if counts:
+                            pipe.hset(key, mapping=counts)  # type: ignore[arg-type]
+                        if gone:
+                            pipe.hdel(key, *gone)
+                        pipe.pexpire(key, int(REGISTRY_INTERVAL * 3 * 1000))
+                        await pipe.execute()
+                except RedisError as exc:
+                    self._users_dirty |= dirty
+                    log.debug("broker redis: writing user counts failed: %s", exc)
+                    return
+        finally:
+            self._users_sync = None
+
+    async def user_connections_elsewhere(self, user: str) -> int:
+        client = self._check()
+        try:
+            total = await client.eval(
+                USER_COUNT_LUA,
+                1,
+                f"{self._prefix}:instances",
+                f"{self._prefix}:users:",
+                self.instance_id,
+                user,
+                now_ms(),
+            )
+        except RedisError as exc:
+            raise self._command_failed("user count", exc) from None
+        return int(total)
 
     async def instances(self) -> list[dict[str, Any]]:
         """Every instance's latest record (this one's included), live ones only."""

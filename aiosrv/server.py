@@ -348,34 +348,43 @@ class Server:
             f"per second (burst {cfg.connect_burst}); retry later",
         )
 
-    def user_refusal(self, principal: Principal, address: str) -> Refusal | None:
-        """The per-user connection limit (security.max_connections_per_user):
-        refuse the new connection (429), or close the user's oldest ones with
-        1008 to make room (policy close_oldest), or None when there is room."""
+    async def user_refusal(self, principal: Principal, address: str) -> Refusal | None:
+        """The per-user connection limit (security.max_connections_per_user),
+        counted across the instances sharing the broker: refuse the new
+        connection (429), or close the user's oldest ones here with 1008 to
+        make room (policy close_oldest), or None when there is room."""
         cfg = self.config.security
         limit = cfg.max_connections_per_user
         if not limit or not principal.limited:
             return None
-        held = self.users.get(principal.user)
-        if held is None or len(held) < limit:
+        user = principal.user
+        try:
+            elsewhere = await self.broker.user_connections_elsewhere(user)
+        except ClientError as exc:  # the broker is down: what this instance knows
+            log.debug("per-user limit: counting %r here only: %s", user, exc.message)
+            elsewhere = 0
+        held = self.users.get(user, {})
+        total = len(held) + elsewhere
+        if total < limit:
             return None
-        if cfg.user_limit_policy == "refuse":
+        excess = total - limit + 1
+        if cfg.user_limit_policy == "refuse" or excess > len(held):
             self.stats.rejected["user_limit"] += 1
             audit(self.config.logging.audit_log, logging.WARNING,
-                  "connection refused, user limit", addr=address, user=principal.user,
-                  held=len(held), limit=limit)  # fmt: skip
+                  "connection refused, user limit", addr=address, user=user,
+                  held=total, limit=limit)  # fmt: skip
+            where = f" ({elsewhere} on other instances)" if elsewhere else ""
             return Refusal(
                 429,
                 ErrorCode.TOO_MANY_CONNECTIONS,
-                f"user {principal.user!r} already holds {len(held)} connections, the most "
+                f"user {user!r} already holds {total} connections{where}, the most "
                 f"allowed per user ({limit}); close one first",
             )
-        for old in list(held.values())[: len(held) - limit + 1]:
+        for old in list(held.values())[:excess]:
             self.stats.user_limit_closes += 1
             audit(self.config.logging.audit_log, logging.WARNING,
                   "connection closed, user limit", addr=old.peer, user=principal.user,
                   client=old.id, limit=limit)  # fmt: skip
-            held.pop(old.id, None)
             old.close_soon(
                 CloseCode.POLICY_VIOLATION,
                 f"replaced by a newer connection of the same user (at most {limit} per user)",
@@ -385,7 +394,9 @@ class Server:
     def register(self, conn: Client) -> None:
         self.connections[conn.id] = conn
         if conn.principal.limited:
-            self.users.setdefault(conn.principal.user, {})[conn.id] = conn
+            held = self.users.setdefault(conn.principal.user, {})
+            held[conn.id] = conn
+            self.broker.set_user_connections(conn.principal.user, len(held))
         self.core.add(conn.sub)
         self.stats.connections_total += 1
 
@@ -395,10 +406,10 @@ class Server:
         if self.connections.pop(conn.id, None) is None:
             return
         held = self.users.get(conn.principal.user)
-        if held is not None:
-            held.pop(conn.id, None)
+        if held is not None and held.pop(conn.id, None) is not None:
             if not held:
                 del self.users[conn.principal.user]
+            self.broker.set_user_connections(conn.principal.user, len(held))
         self.core.remove(conn.sub)
         self.hub.interest_changed()
         if conn.close_code is not None:

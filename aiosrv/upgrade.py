@@ -195,7 +195,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             )
     else:
         principal = authenticator.anonymous()
-    refusal = server.user_refusal(principal, address)
+    refusal = await server.user_refusal(principal, address)
     if refusal is not None:
         return _refuse_handshake(refusal.status, refusal.code, refusal.message)
     cfg = server.config.websocket

@@ -616,3 +616,67 @@ def test_the_shipped_production_config_turns_security_on() -> None:
         Server(cfg)
     cfg = load_config(str(path), {"AUTH_TOKEN": STATIC}, use_default_path=False)
     assert Server(cfg).policy.authenticator.enabled
+
+
+@pytest.mark.parametrize("policy", ["refuse", "close_oldest"])
+async def test_per_user_limit_counts_every_instance_sharing_redis(
+    running_server: StartServer, redis_server: Any, policy: str
+) -> None:
+    settings = dict(
+        broker__engine="redis",
+        redis__port=redis_server.port,
+        security__enable_auth=True,
+        security__jwt_secret=SECRET,
+        security__max_connections_per_user=2,
+        security__user_limit_policy=policy,
+    )
+    a, b = await running_server(**settings), await running_server(**settings)
+    on_a = [await open_ws(a, path=f"/ws?token={make_jwt('erin')}") for _ in range(2)]
+    for client in on_a:
+        await client.ping()
+    # the count reaches Redis at once (not with the 2 s instance record)
+    deadline = time.monotonic() + 2
+    while await b.server.broker.user_connections_elsewhere("erin") < 2:
+        assert time.monotonic() < deadline, "instance a's count never reached Redis"
+        await asyncio.sleep(0.02)
+    # on b the user has none of its own: refused either way (nothing here to close)
+    status, body = await upgrade_status(b, headers={"Authorization": f"Bearer {make_jwt('erin')}"})
+    assert status == 429 and "2 on other instances" in body["error"]["message"], body
+    # one closes on a: b admits the next one
+    await on_a[0].close()
+    deadline = time.monotonic() + 2
+    while await b.server.broker.user_connections_elsewhere("erin") > 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    on_b = await open_ws(b, path=f"/ws?token={make_jwt('erin')}")
+    await on_b.ping()
+    for client in (on_a[1], on_b):
+        await client.close()
+
+
+async def test_user_counts_are_written_again_after_redis_loses_them(
+    running_server: StartServer, redis_server: Any
+) -> None:
+    settings = dict(
+        broker__engine="redis",
+        redis__port=redis_server.port,
+        security__enable_auth=True,
+        security__jwt_secret=SECRET,
+        security__max_connections_per_user=1,
+    )
+    a, b = await running_server(**settings), await running_server(**settings)
+    client = await open_ws(a, path=f"/ws?token={make_jwt('frank')}")
+    await client.ping()
+    redis_server.restart()  # empty: every key is gone
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if await b.server.broker.user_connections_elsewhere("frank") == 1:
+                break
+        except Exception:  # noqa: BLE001 - reconnecting
+            pass
+        assert time.monotonic() < deadline, "the count was not written again"
+        await asyncio.sleep(0.1)
+    status, _ = await upgrade_status(b, headers={"Authorization": f"Bearer {make_jwt('frank')}"})
+    assert status == 429
+    await client.close()
