@@ -14,6 +14,7 @@ from libc cimport math
 from aiosrv cimport _wire_c as _wire
 
 cdef int _OPEN, _OVERFLOWED, _CLOSED
+cdef Py_ssize_t _MAX_FRAGMENTS
 
 cdef void _check_sub(object sub) except *
 cdef void _check_frame(object frame, str name=*) except *
@@ -103,15 +104,15 @@ cdef class FrameReader:
     cdef public bint deflate
     cdef public object error
     cdef bytearray _buf
-    cdef list _frag
+    cdef bytearray _frag
+    cdef Py_ssize_t _frag_count
     cdef int _frag_op
     cdef bint _frag_rsv1
-    cdef Py_ssize_t _frag_size
 
     @cython.locals(out=list, end=Py_ssize_t, pos=Py_ssize_t, header="long long",
                    b0=cython.int, b1=cython.int, length="long long", code=cython.int,
                    head=Py_ssize_t, fin=cython.int, rsv1=cython.int, opcode=cython.int,
-                   start=Py_ssize_t, payload=bytes)
+                   start=Py_ssize_t)
     cpdef list feed(self, object data)
 
     @cython.locals(size="long long")

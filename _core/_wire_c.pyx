@@ -10,7 +10,12 @@ cimports this module. ``aiosrv/_wire_py.py`` is the pure twin: same names,
 same results, same errors (``tests/core/test_wire.py``).
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_CheckExact, PyByteArray_GET_SIZE
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_CheckExact,
+    PyByteArray_GET_SIZE,
+    PyByteArray_Resize,
+)
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_CheckExact,
@@ -21,7 +26,7 @@ from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-__all__ = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_at"]
+__all__ = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_append", "unmask_at"]
 
 cdef long long _MAX_LENGTH = (1LL << 47) - 1
 MAX_LENGTH = _MAX_LENGTH
@@ -69,7 +74,12 @@ cpdef bytes encode_frame(bytes payload, object opcode=0x1, bint rsv1=False):
 
 cdef bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* mask):
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
-    cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+    _unmask_to(<unsigned char*>PyBytes_AS_STRING(out), src, n, mask)
+    return out
+
+
+cdef void _unmask_to(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
+                     const unsigned char* mask) noexcept:
     cdef unsigned char m8[8]
     cdef uint64_t m64, w
     cdef Py_ssize_t i
@@ -85,7 +95,6 @@ cdef bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* 
     while i < n:
         dst[i] = src[i] ^ mask[i & 3]
         i += 1
-    return out
 
 
 cpdef bytes unmask(bytes data, bytes mask):
@@ -121,12 +130,35 @@ cpdef bytes unmask_at(object buf, Py_ssize_t start, Py_ssize_t length):
     return _unmask(p + start, length, p + start - 4)
 
 
+cpdef Py_ssize_t unmask_append(object out, object buf, Py_ssize_t start,
+                               Py_ssize_t length) except -1:
+    """Append to ``out`` what :func:`unmask_at` returns for the same arguments,
+    with no object in between; returns ``len(out)``. ``out`` is a
+    ``bytearray`` other than ``buf``."""
+    cdef Py_ssize_t size, n
+    if out is None or not PyByteArray_CheckExact(out):
+        raise _not("bytearray", "out", out)
+    cdef const unsigned char* p = _chars(buf, &size)
+    if out is buf:
+        raise ValueError("unmask_append: out is buf")
+    if start < 4 or length < 0 or start + length > size:
+        raise IndexError("unmask_append: out of the buffer")
+    n = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, n + length)
+    # p is still good: buf is not out, the only object resized
+    _unmask_to(<unsigned char*>PyByteArray_AS_STRING(out) + n, p + start, length, p + start - 4)
+    return n + length
+
+
 cpdef long long read_header(object buf, Py_ssize_t pos) except -2:
     """The header of the client frame at ``buf[pos:]`` (at least 2 bytes there).
 
     Returns ``length << 16 | second_byte << 8 | first_byte``, with the payload
     length read from the extended field when there is one (at most
     ``MAX_LENGTH``), or -1 when the extended length is not all in ``buf`` yet.
+    A 64-bit length with its most significant bit set (which RFC 6455 section
+    5.2 forbids) is clamped like any other: the caller tells it from the raw
+    byte ``buf[pos + 2]``.
     """
     cdef Py_ssize_t end
     cdef const unsigned char* p = _chars(buf, &end)

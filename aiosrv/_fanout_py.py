@@ -67,7 +67,7 @@ from typing import Any, Protocol, SupportsIndex
 # name over: every ``_wire.<name>(...)`` below is then a C call into the
 # hand-written module (the Python-level import still runs, unused).
 from . import _wire_py as _wire
-from .errors import FrameError
+from .errors import MAX_FRAGMENTS, FrameError
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -107,6 +107,10 @@ _CLOSED = 2
 STATE_OPEN = _OPEN
 STATE_OVERFLOWED = _OVERFLOWED
 STATE_CLOSED = _CLOSED
+
+# The fragment cap of a data message (errors.MAX_FRAGMENTS), as FrameReader
+# reads it: a C Py_ssize_t in the compiled build (the .pxd declares it).
+_MAX_FRAGMENTS = MAX_FRAGMENTS
 
 #: Heartbeat defaults (the config's ``websocket.heartbeat_*`` defaults) and the
 #: wheel's bounds: its tick in seconds, and its number of buckets.
@@ -734,14 +738,31 @@ class FrameReader:
     ``max_size`` bounds a message (the sum of its fragments, as received);
     ``deflate`` says permessage-deflate was negotiated, which allows RSV1 on
     the first frame of a data message. Decompression is the caller's.
+
+    The fragments of a data message are unmasked straight into one
+    ``bytearray`` as they come, so what the reader holds for a message is its
+    payload bytes (at most ``max_size``, plus the bytearray's growth margin of
+    an eighth), never an object per fragment; a compressed (RSV1) message is
+    kept and handed out the same way, whole, still compressed (the caller
+    inflates it). A message may come in at most
+    :data:`~aiosrv.errors.MAX_FRAGMENTS` data frames (its first and its
+    continuations; control frames between them do not count): the frame
+    header of one more fails with 1009. With that cap no per-fragment overhead
+    is counted against ``max_size``: a fragment costs the reader nothing but
+    its payload, and the cap bounds the parsing work of empty ones.
+
+    A 64-bit extended payload length with its most significant bit set breaks
+    RFC 6455 section 5.2 and fails with 1002 (checked here from the raw byte:
+    :func:`~aiosrv._wire_py.read_header` reports it clamped like any length
+    above ``MAX_LENGTH``); any other length over ``max_size`` fails with 1009.
     """
 
     __slots__ = (
         "_buf",
         "_frag",
+        "_frag_count",
         "_frag_op",
         "_frag_rsv1",
-        "_frag_size",
         "deflate",
         "error",
         "max_size",
@@ -752,10 +773,11 @@ class FrameReader:
         self.deflate = bool(deflate)
         self.error: FrameError | None = None
         self._buf = bytearray()
-        self._frag: list[bytes] = []
+        # the fragmented data message so far: its payload, its data frames
+        self._frag = bytearray()
+        self._frag_count = 0
         self._frag_op = 0
         self._frag_rsv1 = False
-        self._frag_size = 0
 
     @property
     def buffered(self) -> int:
@@ -788,37 +810,44 @@ class FrameReader:
             fin = b0 & 0x80
             rsv1 = b0 & 0x40
             opcode = b0 & 0x0F
-            problem = self._check(fin, rsv1, b0 & 0x30, opcode, b1 & 0x80, length)
+            problem: FrameError | None
+            if code == 127 and buf[pos + 2] & 0x80:
+                problem = FrameError(
+                    1002, "64-bit payload length with its most significant bit set (RFC 6455 5.2)"
+                )
+            else:
+                problem = self._check(fin, rsv1, b0 & 0x30, opcode, b1 & 0x80, length)
             if problem is not None:
                 self.error = problem
                 self._buf = bytearray()
-                self._frag = []
+                self._frag = bytearray()
                 return out
             # length <= max_size here
             if end - pos < head + length:
                 break
             start = pos + head
-            payload = _wire.unmask_at(buf, start, length)
             pos = start + length
             if opcode >= 0x8:
-                out.append((opcode, payload, False))
+                out.append((opcode, _wire.unmask_at(buf, start, length), False))
             elif opcode:
                 if fin:
-                    out.append((opcode, payload, rsv1 != 0))
+                    out.append((opcode, _wire.unmask_at(buf, start, length), rsv1 != 0))
                 else:
+                    # the first fragment: _frag is empty (the rules let no
+                    # data frame in between)
                     self._frag_op = opcode
                     self._frag_rsv1 = rsv1 != 0
-                    self._frag = [payload]
-                    self._frag_size = length
+                    _wire.unmask_append(self._frag, buf, start, length)
+                    self._frag_count = 1
             else:
-                self._frag.append(payload)
-                self._frag_size += length
+                _wire.unmask_append(self._frag, buf, start, length)
+                self._frag_count += 1
                 if fin:
-                    out.append((self._frag_op, b"".join(self._frag), self._frag_rsv1))
-                    self._frag = []
+                    out.append((self._frag_op, bytes(self._frag), self._frag_rsv1))
+                    self._frag = bytearray()
+                    self._frag_count = 0
                     self._frag_op = 0
                     self._frag_rsv1 = False
-                    self._frag_size = 0
         if buf is self._buf:
             del self._buf[:pos]
         elif pos < end:
@@ -847,7 +876,11 @@ class FrameReader:
                 return FrameError(1002, "continuation frame with no fragmented message to continue")
             if rsv1:
                 return FrameError(1002, "RSV1 set on a continuation frame")
-            size = self._frag_size + length
+            if self._frag_count >= _MAX_FRAGMENTS:
+                return FrameError(
+                    1009, f"message in more than {_MAX_FRAGMENTS} fragments (the limit)"
+                )
+            size = len(self._frag) + length
         elif opcode > 0x2:
             return FrameError(1002, f"unknown opcode {opcode:#x}")
         else:

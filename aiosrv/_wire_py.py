@@ -2,7 +2,7 @@
 frames (RFC 6455 section 5) that the compiled build does with pointers.
 
 The fan-out core (``aiosrv/_fanout_py.py``, one source for both builds) calls
-these four functions through the module name ``_wire``: run as Python it
+these functions through the module name ``_wire``: run as Python it
 imports this module; compiled, ``_core/_fanout_c.pxd`` cimports
 ``aiosrv._wire_c`` under that name, so every call is a C call into the
 hand-written module. The two must behave identically, errors included:
@@ -10,6 +10,8 @@ hand-written module. The two must behave identically, errors included:
 
 * :func:`encode_frame`: header and payload of one server frame, one object;
 * :func:`unmask` and :func:`unmask_at`: XOR with the client's 4-byte mask;
+* :func:`unmask_append`: the same XOR, appended to a ``bytearray`` (the
+  fragments of a message, collected without an object per fragment);
 * :func:`read_header`: the fields of one client frame header, packed in one
   integer, so that the compiled reader's loop allocates nothing per header.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from operator import index
 
-__all__ = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_at"]
+__all__ = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_append", "unmask_at"]
 
 #: A frame's payload length is reported at most this (2**47 - 1), so that
 #: ``read_header`` fits it in a signed 64-bit integer beside the two header
@@ -88,6 +90,21 @@ def unmask_at(buf: bytes | bytearray, start: int, length: int) -> bytes:
     return unmask(bytes(buf[start : start + length]), bytes(buf[start - 4 : start]))
 
 
+def unmask_append(out: bytearray, buf: bytes | bytearray, start: int, length: int) -> int:
+    """Append to ``out`` what :func:`unmask_at` returns for the same arguments,
+    with no object in between; returns ``len(out)``. ``out`` is a
+    ``bytearray`` other than ``buf``."""
+    if type(out) is not bytearray:
+        raise _not("bytearray", "out", out)
+    _check_buf(buf)
+    if out is buf:
+        raise ValueError("unmask_append: out is buf")
+    if start < 4 or length < 0 or start + length > len(buf):
+        raise IndexError("unmask_append: out of the buffer")
+    out += unmask(bytes(buf[start : start + length]), bytes(buf[start - 4 : start]))
+    return len(out)
+
+
 def read_header(buf: bytes | bytearray, pos: int) -> int:
     """The header of the client frame at ``buf[pos:]`` (at least 2 bytes there).
 
@@ -95,7 +112,9 @@ def read_header(buf: bytes | bytearray, pos: int) -> int:
     length read from the extended field when there is one (at most
     :data:`MAX_LENGTH`), or -1 when the extended length is not all in ``buf``
     yet. The header's size follows from the second byte: 2, 4 or 10 bytes
-    before the mask, by its low 7 bits.
+    before the mask, by its low 7 bits. A 64-bit length with its most
+    significant bit set (which RFC 6455 section 5.2 forbids) is clamped like
+    any other: the caller tells it from the raw byte ``buf[pos + 2]``.
     """
     _check_buf(buf)
     end = len(buf)

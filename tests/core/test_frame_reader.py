@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiosrv.errors import FrameError
+from aiosrv.errors import MAX_FRAGMENTS, CloseCode, FrameError
 from tests.core.conftest import COMPILED, NO_EXTENSIONS, PURE
 
 MASK = b"\x12\x34\x56\x78"
@@ -123,8 +126,19 @@ def test_rsv1_marks_a_compressed_message_when_negotiated(impl: ModuleType) -> No
         (frame(1, b"a", fin=False) + frame(1, b"b"), 1002, "before the fragmented message"),
         (frame(1, b"x" * 101), 1009, "more than 100 bytes"),
         (frame(1, b"x" * 60, fin=False) + frame(0, b"y" * 41), 1009, "more than 100 bytes"),
-        # an absurd 64-bit length is refused from the header alone
-        (frame(1, b"", length_form=64)[:2] + (2**63).to_bytes(8, "big"), 1009, "more than"),
+        # an absurd 64-bit length is refused from the header alone: 1009 when
+        # it is only too big, 1002 when its most significant bit is set (RFC
+        # 6455 5.2: "the most significant bit MUST be 0")
+        (frame(1, b"", length_form=64)[:2] + (2**47).to_bytes(8, "big"), 1009, "more than"),
+        (frame(1, b"", length_form=64)[:2] + (2**63 - 1).to_bytes(8, "big"), 1009, "more than"),
+        (frame(1, b"", length_form=64)[:2] + (2**63).to_bytes(8, "big"), 1002, "significant bit"),
+        (frame(2, b"", length_form=64)[:2] + (2**64 - 1).to_bytes(8, "big"), 1002, "significant"),
+        (frame(9, b"", length_form=64)[:2] + (2**63 + 5).to_bytes(8, "big"), 1002, "significant"),
+        (
+            frame(1, b"a", fin=False) + frame(0, b"", length_form=64)[:2] + b"\x80" + bytes(7),
+            1002,
+            "significant bit",
+        ),
     ],
 )
 def test_violations_stop_the_reader_with_their_code(
@@ -157,6 +171,23 @@ def test_oversized_frame_refused_before_its_payload_arrives(impl: ModuleType) ->
     assert r.error is not None and r.error.code == 1009
 
 
+def test_top_bit_length_is_refused_once_its_header_is_in(impl: ModuleType) -> None:
+    # the top bit set on a length that is otherwise small: still 1002, and
+    # told from the header alone, byte by byte, before any payload or mask
+    data = frame(1, b"abc", length_form=64)
+    bad = data[:2] + bytes([data[2] | 0x80]) + data[3:]
+    r = impl.FrameReader(1000)
+    for i in range(9):
+        assert r.feed(bad[i : i + 1]) == []
+        assert r.error is None
+    assert r.feed(bad[9:10]) == []
+    assert r.error == FrameError(
+        1002, "64-bit payload length with its most significant bit set (RFC 6455 5.2)"
+    )
+    assert r.error.code == CloseCode.PROTOCOL_ERROR
+    assert r.buffered == 0
+
+
 def test_partial_frame_waits(impl: ModuleType) -> None:
     r = impl.FrameReader(1000)
     data = frame(1, b"x" * 300)
@@ -167,18 +198,184 @@ def test_partial_frame_waits(impl: ModuleType) -> None:
     assert r.buffered == 0
 
 
+# -- fragments: memory and count ------------------------------------------------
+
+
+TOO_MANY_FRAGMENTS = FrameError(1009, f"message in more than {MAX_FRAGMENTS} fragments (the limit)")
+
+
+def fragmented(op: int, parts: list[bytes], between: bytes = b"") -> bytes:
+    """A data message in ``len(parts)`` frames, ``between`` after each but the last."""
+    last = len(parts) - 1
+    return b"".join(
+        frame(op if i == 0 else 0, p, fin=i == last) + (between if i < last else b"")
+        for i, p in enumerate(parts)
+    )
+
+
+@contextmanager
+def traced() -> Iterator[list[int]]:
+    """Bytes allocated (and still held) inside the block, and their peak:
+    ``[held, peak]``, filled in when the block ends. tracemalloc sees the
+    compiled core's allocations too (they go through Python's allocators)."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    result = [0, 0]
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        yield result
+        held, peak = tracemalloc.get_traced_memory()
+        result[:] = [held - base, peak - base]
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+def test_one_byte_fragments_are_stopped_by_the_cap_and_cost_nothing_per_fragment(
+    impl: ModuleType,
+) -> None:
+    # A 64 KiB message as 65,536 one-byte fragments, fed as a socket delivers
+    # it: a list of one bytes object per fragment held 2.7 MiB (42 times the
+    # limit); now the reader stops at fragment MAX_FRAGMENTS + 1 and holds none.
+    limit = 1 << 16
+    data = fragmented(1, [b"x"] * limit)
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    r = impl.FrameReader(limit)
+    out = []
+    with traced() as mem:
+        for chunk in chunks:
+            out += r.feed(chunk)
+    held, peak = mem
+    assert out == []
+    assert r.error == TOO_MANY_FRAGMENTS
+    assert r.error.code == CloseCode.MESSAGE_TOO_BIG
+    assert held < limit // 4, held
+    assert peak < limit // 2, peak
+
+
+def test_fragments_are_held_as_their_payload_bytes(impl: ModuleType) -> None:
+    # MAX_FRAGMENTS fragments of 64 bytes make a message of exactly the limit:
+    # held before the last one, at most the payload and the bytearray's growth
+    # margin (an eighth), where an object per fragment cost 1.65 times the
+    # payload; at the last one, that plus the message handed out.
+    size = 64
+    limit = MAX_FRAGMENTS * size
+    parts = [bytes([65 + i % 26]) * size for i in range(MAX_FRAGMENTS)]
+    data = fragmented(2, parts)
+    last = len(frame(0, parts[-1]))
+    r = impl.FrameReader(limit)
+    with traced() as mem:
+        for i in range(0, len(data) - last, 1000):
+            assert r.feed(data[i : min(i + 1000, len(data) - last)]) == []
+    held, _ = mem
+    assert r.error is None
+    assert held <= limit * 1.2, held
+    with traced() as mem:
+        out = r.feed(data[len(data) - last :])
+    held, peak = mem
+    assert out == [(2, b"".join(parts), False)]
+    # the message out (the limit) is all that is left; the bytearray is gone
+    assert held <= limit + 4096, held
+    assert peak <= limit * 2.5, peak
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_exactly_max_fragments_make_a_message(impl: ModuleType, size: int) -> None:
+    parts = [b"y" * size] * MAX_FRAGMENTS
+    r = impl.FrameReader(1 << 20)
+    assert r.feed(fragmented(1, parts)) == [(1, b"y" * size * MAX_FRAGMENTS, False)]
+    assert r.error is None
+    # the count starts again with the next message
+    assert r.feed(fragmented(1, parts)) == [(1, b"y" * size * MAX_FRAGMENTS, False)]
+    assert r.feed(frame(1, b"single")) == [(1, b"single", False)]
+    assert r.error is None
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_one_fragment_more_than_max_fragments_closes_1009(impl: ModuleType, size: int) -> None:
+    parts = [b"z" * size] * (MAX_FRAGMENTS + 1)
+    data = frame(1, b"before") + fragmented(1, parts) + frame(1, b"after")
+    r = impl.FrameReader(1 << 20)
+    assert r.feed(data) == [(1, b"before", False)]
+    assert r.error == TOO_MANY_FRAGMENTS
+    assert "1024 fragments" in r.error.reason
+    assert r.buffered == 0
+    assert r.feed(frame(1, b"later")) == []
+
+
+def test_the_fragment_cap_is_known_from_the_frame_header(impl: ModuleType) -> None:
+    # the header of fragment MAX_FRAGMENTS + 1 fails the message: its payload
+    # (here far bigger than what is fed) is never waited for
+    r = impl.FrameReader(1 << 20)
+    # MAX_FRAGMENTS frames of a message (the final one of MAX_FRAGMENTS + 1 cut off)
+    assert r.feed(fragmented(1, [b"a"] * (MAX_FRAGMENTS + 1))[:-7]) == []
+    assert r.error is None
+    assert r.feed(frame(0, b"b" * 70_000)[:14]) == []
+    assert r.error is not None and r.error.code == 1009 and "fragments" in r.error.reason
+
+
+def test_control_frames_between_fragments_do_not_count(impl: ModuleType) -> None:
+    ping, pong = frame(9, b"p"), frame(10, b"")
+    parts = [b"%d," % i for i in range(MAX_FRAGMENTS)]
+    data = fragmented(1, parts, between=ping + pong)
+    r = impl.FrameReader(1 << 20)
+    out = feed_all(r, data, list(range(0, len(data), 777)))
+    controls = [(9, b"p", False), (10, b"", False)] * (MAX_FRAGMENTS - 1)
+    assert out == [*controls, (1, b"".join(parts), False)]
+    assert r.error is None
+    # and with one more data frame the cap still applies
+    r = impl.FrameReader(1 << 20)
+    out = r.feed(fragmented(1, [*parts, b"!"], between=ping))
+    assert out == [(9, b"p", False)] * MAX_FRAGMENTS
+    assert r.error is not None and r.error.code == 1009
+
+
+def test_a_compressed_message_is_handed_out_whole(impl: ModuleType) -> None:
+    # RSV1 on the first fragment: the continuations' bytes are appended to it
+    # as received (the caller inflates the whole message)
+    import zlib
+
+    text = b'{"action": "ping", "id": "' + b"c" * 5000 + b'"}'
+    comp = zlib.compressobj(wbits=-15)
+    body = comp.compress(text) + comp.flush(zlib.Z_SYNC_FLUSH)
+    body = body[:-4]  # RFC 7692 7.2.1: the final 00 00 ff ff are removed
+    parts = [body[i : i + 3] for i in range(0, len(body), 3)]
+    assert 1 < len(parts) <= MAX_FRAGMENTS
+    first = frame(1, parts[0], fin=False, rsv=0x40)
+    rest = b"".join(frame(0, p, fin=i == len(parts) - 2) for i, p in enumerate(parts[1:]))
+    r = impl.FrameReader(len(body), True)
+    ((opcode, payload, compressed),) = feed_all(r, first + rest, [5, 50, 51, 300])
+    assert (opcode, compressed) == (1, True)
+    assert payload == body
+    assert zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff") == text
+    # the size limit is on the compressed bytes as received
+    r = impl.FrameReader(len(body) - 1, True)
+    assert r.feed(first + rest) == []
+    assert r.error is not None and r.error.code == 1009
+
+
 # -- the twins agree -----------------------------------------------------------
 
 frames = st.lists(
-    st.builds(
-        lambda op, payload, fin, rsv, masked: frame(
-            op, payload, fin=fin, rsv=rsv, mask=MASK if masked else None
+    st.one_of(
+        st.builds(
+            lambda op, payload, fin, rsv, masked: frame(
+                op, payload, fin=fin, rsv=rsv, mask=MASK if masked else None
+            ),
+            st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]),
+            st.one_of(st.binary(max_size=140), st.binary(min_size=200, max_size=70_000)),
+            st.booleans(),
+            st.sampled_from([0, 0, 0, 0x40, 0x10]),
+            st.sampled_from([True, True, True, False]),
         ),
-        st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]),
-        st.one_of(st.binary(max_size=140), st.binary(min_size=200, max_size=70_000)),
-        st.booleans(),
-        st.sampled_from([0, 0, 0, 0x40, 0x10]),
-        st.sampled_from([True, True, True, False]),
+        # now and then a header with any 64-bit length (the top bit too)
+        st.builds(
+            lambda op, n: bytes([op, 0xFF]) + n.to_bytes(8, "big") + MASK,
+            st.sampled_from([0x00, 0x80, 0x81, 0x82, 0x89]),
+            st.integers(0, 2**64 - 1),
+        ),
     ),
     max_size=12,
 )

@@ -45,7 +45,7 @@ def ref_header(buf: bytes, pos: int) -> int:
 
 @each_wire
 def test_both_twins_have_the_same_names(wire: ModuleType) -> None:
-    names = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_at"]
+    names = ["MAX_LENGTH", "encode_frame", "read_header", "unmask", "unmask_append", "unmask_at"]
     assert sorted(wire.__all__) == names
     assert wire.MAX_LENGTH == MAX_LENGTH
 
@@ -84,6 +84,34 @@ def test_unmask_at(wire: ModuleType, buf: bytes, data: st.DataObject, as_bytearr
     length = data.draw(st.integers(0, len(buf) - start))
     got = wire.unmask_at(bytearray(buf) if as_bytearray else buf, start, length)
     assert got == ref_unmask(buf[start : start + length], buf[start - 4 : start])
+
+
+@each_wire
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=50), st.binary(min_size=4, max_size=200), st.data(), st.booleans())
+def test_unmask_append(
+    wire: ModuleType, before: bytes, buf: bytes, data: st.DataObject, as_bytearray: bool
+) -> None:
+    start = data.draw(st.integers(4, len(buf)))
+    length = data.draw(st.integers(0, len(buf) - start))
+    out = bytearray(before)
+    got = wire.unmask_append(out, bytearray(buf) if as_bytearray else buf, start, length)
+    assert out == before + ref_unmask(buf[start : start + length], buf[start - 4 : start])
+    assert got == len(out)
+
+
+@each_wire
+def test_unmask_append_grows_one_bytearray(wire: ModuleType) -> None:
+    # the fragments of a message: each one's payload after its own mask
+    out = bytearray()
+    expected = b""
+    for n in [0, 1, 7, 8, 9, 300, 0, 65536]:
+        mask = os.urandom(4)
+        payload = os.urandom(n)
+        frame = b"\x80\xfe" + mask + ref_unmask(payload, mask)
+        assert wire.unmask_append(out, frame, 6, n) == len(expected) + n
+        expected += payload
+    assert out == expected
 
 
 lengths = st.one_of(
@@ -135,6 +163,15 @@ def test_unmask_word_loop_tails(wire: ModuleType) -> None:
         (lambda w: w.unmask_at(b"abcdx", 4, 2), IndexError),
         (lambda w: w.unmask_at(b"abcdx", 3, 1), IndexError),
         (lambda w: w.unmask_at(b"abcdx", 4, -1), IndexError),
+        (lambda w: w.unmask_append(None, b"abcdx", 4, 1), TypeError),
+        (lambda w: w.unmask_append(b"", b"abcdx", 4, 1), TypeError),
+        (lambda w: w.unmask_append(memoryview(bytearray()), b"abcdx", 4, 1), TypeError),
+        (lambda w: w.unmask_append(bytearray(), None, 4, 0), TypeError),
+        (lambda w: w.unmask_append(bytearray(), memoryview(b"abcdx"), 4, 1), TypeError),
+        (lambda w: w.unmask_append(bytearray(), b"abcdx", 4, 2), IndexError),
+        (lambda w: w.unmask_append(bytearray(), b"abcdx", 3, 1), IndexError),
+        (lambda w: w.unmask_append(bytearray(), b"abcdx", 4, -1), IndexError),
+        (lambda w: w.unmask_append(*[bytearray(b"abcdx")] * 2, 4, 1), ValueError),
         (lambda w: w.read_header(None, 0), TypeError),
         (lambda w: w.read_header(b"\x81", 0), IndexError),
         (lambda w: w.read_header(b"\x81\x80", 1), IndexError),
