@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from aiosrv.auth import SecurityPolicy
 from aiosrv import session as session_module
+from aiosrv.auth import SecurityPolicy
 from aiosrv.broker_memory import MemoryBroker
 from aiosrv.clock import ManualClock
 from aiosrv.config import load_config
