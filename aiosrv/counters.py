@@ -40,6 +40,11 @@ class Rate:
         return self.value
 
 
+#: How long /health stays degraded after accept() last failed for lack of
+#: file descriptors (or memory).
+ACCEPT_ERROR_WINDOW = 30.0
+
+
 @dataclass
 class Counters:
     connections_total: int = 0
@@ -59,9 +64,38 @@ class Counters:
     flood_closes: int = 0  # closed with 1008 for flooding past the message rate limit
     rate_limited_messages: int = 0  # messages refused with rate_limited
     token_expired_closes: int = 0  # closed with 1008 when the JWT expired unrefreshed
+    #: connections whose first request head was refused before aiohttp saw it
+    #: (aiosrv.guard), by reason: handshake_timeout, header_too_large,
+    #: max_connections, tls_failed
+    handshakes_refused: Counter[str] = field(default_factory=Counter)
+    #: accept() calls that failed for lack of a resource (aiosrv.listen), by
+    #: errno name (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    accept_errors: Counter[str] = field(default_factory=Counter)
+    #: clock time and text of the last of them
+    accept_error_at: float | None = None
+    accept_error_text: str = ""
 
     def count_error(self, code: str) -> None:
         self.errors[code] += 1
+
+    def accept_trouble(self, now: float) -> str | None:
+        """Why /health is degraded because connections could not be accepted
+        (within ACCEPT_ERROR_WINDOW of the last failure), or None."""
+        at = self.accept_error_at
+        if at is None or now - at >= ACCEPT_ERROR_WINDOW:
+            return None
+        text = self.accept_error_text
+        if text.startswith(("EMFILE", "ENFILE")):
+            what = "out of file descriptors"
+            fix = "raise the open-files limit (ulimit -n, LimitNOFILE) or lower max_connections"
+        else:
+            what = "out of memory for sockets"
+            fix = "see the host's memory"
+        return (
+            f"{what}: accept() failed {now - at:.0f} s ago ({text}; "
+            f"{sum(self.accept_errors.values())} failures since start), new connections "
+            f"wait in the listen backlog; {fix}"
+        )
 
 
 #: Shortest wall time a CPU reading is taken over: psutil counts CPU time in
@@ -103,10 +137,13 @@ class Sampler:
         self.delivered.sample(delivered, now)
         self.received.sample(received, now)
         self.errors.sample(errors, now)
-        if now - self._cpu_at >= CPU_MIN_INTERVAL:
-            self.cpu_percent = self.process.cpu_percent(None)
-            self._cpu_at = now
-        self.rss = self.process.memory_info().rss
+        try:
+            if now - self._cpu_at >= CPU_MIN_INTERVAL:
+                self.cpu_percent = self.process.cpu_percent(None)
+                self._cpu_at = now
+            self.rss = self.process.memory_info().rss
+        except OSError:  # no descriptor free to read /proc: keep the last readings
+            pass
 
     @property
     def error_rate(self) -> float:

@@ -71,6 +71,8 @@ class ErrorCode:
     NOT_FOUND = "not_found"
     BAD_HANDSHAKE = "bad_handshake"
     UPGRADE_REQUIRED = "upgrade_required"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"  # 408: request head not complete in time
+    HEADER_TOO_LARGE = "header_too_large"  # 431: request head over max_header_size
     INTERNAL_ERROR = "internal_error"
 
 

@@ -61,6 +61,36 @@ class ServerCollector:
         for reason, n in sorted(st.rejected.items()):
             rej.add_metric([reason], n)
         yield rej
+        refused = CounterMetricFamily(
+            "aiosrv_handshake_refused",
+            "Connections refused before aiohttp read a request (aiosrv.guard): request head "
+            "or TLS handshake too slow (handshake_timeout), head too large "
+            "(header_too_large), heads in progress at max_connections (max_connections), "
+            "TLS errors (tls_failed).",
+            labels=["reason"],
+        )
+        refusals = {"handshake_timeout": 0, "header_too_large": 0, "max_connections": 0}
+        refusals.update(st.handshakes_refused)
+        for reason, n in sorted(refusals.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield gauge(
+            "aiosrv_handshakes_in_progress",
+            "TLS handshakes and request heads being received (they count against "
+            "the connection limit).",
+            s.handshakes_in_progress(),
+        )
+        accept = CounterMetricFamily(
+            "aiosrv_accept_errors",
+            "accept() calls that failed for lack of file descriptors (EMFILE, ENFILE) "
+            "or memory; each pauses accepting for a second.",
+            labels=["errno"],
+        )
+        accept_errors = {"EMFILE": 0}
+        accept_errors.update(st.accept_errors)
+        for name, n in sorted(accept_errors.items()):
+            accept.add_metric([name], n)
+        yield accept
         security = CounterMetricFamily(
             "aiosrv_security_events",
             "Security events: connections closed for flooding (flood_close), for an "

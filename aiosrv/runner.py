@@ -23,16 +23,17 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Any
-
-from aiohttp import web
 
 from . import identity as ident
 from .app import create_app
 from .auth import exposure_warnings
 from .config import Config, ConfigError, inert_settings, listeners
+from .guard import GuardedRunner, GuardUnsupported, check_aiohttp_guard
 from .identity import Identity
+from .listen import AcceptSite, AcceptWatch, server_ssl_context
 from .logs import FORMAT, reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
@@ -51,11 +52,23 @@ __all__ = ["Runner", "announce", "listeners", "serve", "serve_async", "set_title
 
 
 class Runner:
-    def __init__(self, server: Server, identity: Identity = ident.ALONE) -> None:
+    """Every listener of one server. Each is an :class:`aiosrv.guard.GuardedRunner`
+    (request heads bounded before aiohttp reads them) bound by an
+    :class:`aiosrv.listen.AcceptSite` (failed accepts noticed; TLS when
+    ``ssl_context`` is given)."""
+
+    def __init__(
+        self,
+        server: Server,
+        identity: Identity = ident.ALONE,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = server
         self.identity = identity
-        self.runners: list[web.AppRunner] = []
+        self.ssl_context = ssl_context
+        self.runners: list[GuardedRunner] = []
         self.bound: dict[str, list[tuple[str, int]]] = {}
+        self.accept_watch = AcceptWatch(server)
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -63,17 +76,21 @@ class Runner:
         await server.start()
         for host, port, parts in listeners(server.config):
             app = create_app(server=server, parts=parts)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+            runner = GuardedRunner(
+                app, server, handle_signals=False, access_log=None, shutdown_timeout=1.0
+            )
             await runner.setup()
             # workers share each port with SO_REUSEPORT: the kernel spreads new
             # connections over their listening sockets
-            site = web.TCPSite(
+            site = AcceptSite(
                 runner,
                 host,
                 port,
+                server,
+                self.accept_watch,
+                ssl_context=self.ssl_context,
                 backlog=4096,
-                reuse_address=True,
-                reuse_port=self.identity.supervised or None,
+                reuse_port=self.identity.supervised,
             )
             try:
                 await site.start()
@@ -92,15 +109,17 @@ class Runner:
 
     def ready_line(self) -> str:
         cfg = self.server.config
+        s = "s" if self.ssl_context is not None else ""
         parts = []
         if "ws" in self.bound:
             parts.append(
-                f"websocket ws://{cfg.websocket.host}:{self.port_of('ws')}{cfg.websocket.paths[0]}"
+                f"websocket ws{s}://{cfg.websocket.host}:{self.port_of('ws')}"
+                f"{cfg.websocket.paths[0]}"
             )
         if "api" in self.bound:
-            parts.append(f"api http://{cfg.api.host}:{self.port_of('api')}")
+            parts.append(f"api http{s}://{cfg.api.host}:{self.port_of('api')}")
         if "metrics" in self.bound:
-            parts.append(f"metrics http://{cfg.api.host}:{self.port_of('metrics')}/metrics")
+            parts.append(f"metrics http{s}://{cfg.api.host}:{self.port_of('metrics')}/metrics")
         return (
             f"aiosrv ready: {', '.join(parts)} (core={self.server.implementation}, "
             f"broker={self.server.broker.name}, max_connections={cfg.websocket.max_connections})"
@@ -150,6 +169,7 @@ class Runner:
         await server.shutdown()
         for runner in self.runners:
             await runner.cleanup()
+        self.accept_watch.close()
         log.info("aiosrv stopped")
 
 
@@ -166,8 +186,10 @@ def report_ready(identity: Identity, line: str) -> None:
         log.warning("cannot tell the supervisor this worker is ready: %s", exc)
 
 
-async def serve_async(server: Server, identity: Identity = ident.ALONE) -> None:
-    runner = Runner(server, identity)
+async def serve_async(
+    server: Server, identity: Identity = ident.ALONE, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    runner = Runner(server, identity, ssl_context)
     await runner.start()
     runner.install_signals()
     set_title(server.config, {part: runner.port_of(part) for part in runner.bound}, identity)
@@ -239,7 +261,8 @@ def serve(
         tag_log_lines(identity)
     try:
         check_aiohttp()
-    except AiohttpMismatch as exc:
+        check_aiohttp_guard()
+    except (AiohttpMismatch, GuardUnsupported) as exc:
         announce(logging.ERROR, f"aiosrv: {exc}")
         return 2
     if config.diagnostics.tracemalloc:
@@ -261,6 +284,7 @@ def serve(
         log.warning("%s", note)
     try:
         server = Server(config, env=env, overrides=overrides)
+        ssl_context = server_ssl_context(config.security)
     except ConfigError as exc:
         # found when the configuration is put to use, e.g. an engine not installed
         announce(logging.ERROR, "aiosrv: invalid configuration:")
@@ -268,7 +292,7 @@ def serve(
             announce(logging.ERROR, f"  {problem}")
         return 2
     try:
-        asyncio.run(serve_async(server, identity))
+        asyncio.run(serve_async(server, identity, ssl_context))
     except SystemExit as exc:
         announce(logging.ERROR, str(exc.code))
         return 1

@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -147,6 +147,9 @@ class Server:
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.stats = Counters()
         self.connections: dict[str, Client] = {}
+        #: how many connections are still sending their request head (aiosrv.guard
+        #: sets this to its count); they count against websocket.max_connections
+        self.handshakes_in_progress: Callable[[], int] = lambda: 0
         #: connections of each user the per-user limit applies to, oldest first
         self.users: dict[str, dict[str, Client]] = {}
         #: authentication, origins, trusted proxies: rebuilt on reload
@@ -308,14 +311,15 @@ class Server:
     # -- connections -------------------------------------------------------------
 
     def admission_refusal(self) -> Refusal | None:
-        """Why a new connection is refused (answered with 503), or None to accept it."""
+        """Why a new connection is refused (answered with 503), or None to accept it.
+        Open connections and request heads still arriving count against the limit."""
         if self.draining:
             self.stats.rejected["draining"] += 1
             return Refusal(
                 503, "draining", "the server is shutting down; connect to another instance"
             )
         limit = self.config.websocket.max_connections
-        if len(self.connections) >= limit:
+        if len(self.connections) + self.handshakes_in_progress() >= limit:
             self.stats.rejected["max_connections"] += 1
             log.warning("performance: connection refused, at the limit of %d connections", limit)
             return Refusal(
@@ -465,6 +469,9 @@ class Server:
             reasons.append(f"broker {self.broker.name} unavailable: {b.reason}")
         if len(self.hub.queue) >= self.hub.settings.queue_limit:
             reasons.append(f"broadcast queue full ({len(self.hub.queue)})")
+        accept_trouble = self.stats.accept_trouble(self.clock.time())
+        if accept_trouble is not None:
+            reasons.append(accept_trouble)
         return (not reasons), reasons
 
     # -- configuration --------------------------------------------------------------

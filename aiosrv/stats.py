@@ -9,6 +9,8 @@ event happens.
 from __future__ import annotations
 
 import gc
+import os
+import resource
 import time
 from collections.abc import Callable
 from functools import partial
@@ -28,6 +30,8 @@ def connections_snapshot(server: Server) -> dict[str, Any]:
         "max_connections": cfg.max_connections,
         "total_connections": server.stats.connections_total,
         "rejected": dict(server.stats.rejected),
+        "handshakes_in_progress": server.handshakes_in_progress(),
+        "handshakes_refused": dict(server.stats.handshakes_refused),
         "subscriptions": core.subscription_count(),
         "subscriptions_by_type": core.type_counts(),
         "slow_consumer_closes": server.stats.slow_consumer_closes,
@@ -81,6 +85,7 @@ def stats_snapshot(server: Server) -> dict[str, Any]:
         "memory": memory_snapshot(server),
         "cpu_percent": round(server.sampler.cpu_percent, 1),
         "event_loop_lag_ms": round(server.sampler.loop_lag * 1000, 2),
+        "descriptors": descriptors_snapshot(server),
         "broker": server.broker.stats(),
         "core": {"implementation": server.implementation},
         "worker": identity.current().snapshot(),
@@ -104,6 +109,51 @@ def status_snapshot(server: Server) -> dict[str, Any]:
     }
 
 
+def descriptor_usage() -> tuple[int | None, int | None]:
+    """(descriptors open, soft RLIMIT_NOFILE) of this process; either None
+    when it cannot be read (counting needs a free descriptor itself) or there
+    is no limit. Counting lists /proc/self/fd: 10 ms at 10,000 descriptors."""
+    try:
+        soft: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = None
+    except (OSError, ValueError):
+        soft = None
+    try:
+        with os.scandir("/proc/self/fd") as it:
+            n: int | None = sum(1 for _ in it) - 1  # minus the listing's own
+    except OSError:
+        n = None
+    return n, soft
+
+
+#: How long a descriptor count is reused by the snapshots (it costs 1 µs per
+#: descriptor open).
+DESCRIPTORS_MAX_AGE = 5.0
+_descriptors: list[Any] = [-DESCRIPTORS_MAX_AGE, (None, None)]
+
+
+def descriptors_snapshot(server: Server) -> dict[str, Any]:
+    """Descriptors in use against the soft limit, and failed accepts (the
+    listeners ran out of descriptors: /health is degraded for a while)."""
+    now = time.monotonic()
+    if now - _descriptors[0] >= DESCRIPTORS_MAX_AGE or _descriptors[1][0] is None:
+        _descriptors[:] = [now, descriptor_usage()]
+    used, soft = _descriptors[1]
+    st = server.stats
+    at = st.accept_error_at
+    clock_now = server.clock.time()
+    return {
+        "ok": st.accept_trouble(clock_now) is None,
+        "open": used,
+        "limit": soft,
+        "headroom": soft - used if used is not None and soft is not None else None,
+        "accept_errors": sum(st.accept_errors.values()),
+        "last_accept_error_seconds_ago": round(clock_now - at, 1) if at is not None else None,
+        "last_accept_error": st.accept_error_text or None,
+    }
+
+
 def health_snapshot(server: Server) -> dict[str, Any]:
     ok, reasons = server.health()
     broker = server.broker.health()
@@ -124,10 +174,13 @@ def health_snapshot(server: Server) -> dict[str, Any]:
                 "limit": server.hub.settings.queue_limit,
             },
             "connections": {
-                "ok": len(server.connections) < server.config.websocket.max_connections,
+                "ok": len(server.connections) + server.handshakes_in_progress()
+                < server.config.websocket.max_connections,
                 "active": len(server.connections),
+                "handshakes_in_progress": server.handshakes_in_progress(),
                 "limit": server.config.websocket.max_connections,
             },
+            "descriptors": descriptors_snapshot(server),
             "draining": server.draining,
         },
     }

@@ -3,7 +3,10 @@
 ``running_server(**config)`` starts ``create_app`` on 127.0.0.1 with port 0
 (WebSocket, API and metrics on one listener) through aiohttp's TestServer,
 which is a real TCP listener: clients connect with the ``websockets`` library
-or aiohttp's client over the socket.
+or aiohttp's client over the socket. Its runner is aiosrv's
+:class:`~aiosrv.guard.GuardedRunner`, as in ``aiosrv serve`` (request heads
+bounded before aiohttp reads them); with ``security__ssl_certfile`` set it
+serves TLS (``wss://``, ``https://``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from aiosrv import SERVER, create_app, default_config
 from aiosrv.clock import Clock, LoopClock
+from aiosrv.guard import GuardedRunner
+from aiosrv.listen import server_ssl_context
 from aiosrv.server import Server
 
 #: The event loop every async test runs on: uvloop (what the server runs on in
@@ -64,10 +70,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class GuardedTestServer(TestServer):
+    """aiohttp's TestServer with aiosrv's runner (a guard before each request handler)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GuardedRunner(self.app, **kwargs)
+
+
 @dataclass
 class Running:
     test_server: TestServer
     server: Server
+    tls: bool = False
 
     @property
     def port(self) -> int:
@@ -75,10 +89,10 @@ class Running:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/realtime"
+        return f"ws{'s' if self.tls else ''}://127.0.0.1:{self.port}/ws/realtime"
 
     def http(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http{'s' if self.tls else ''}://127.0.0.1:{self.port}{path}"
 
 
 StartServer = Callable[..., Awaitable[Running]]
@@ -111,10 +125,11 @@ async def running_server() -> AsyncIterator[StartServer]:
         dotted.setdefault("sources.enabled", False)
         config = default_config().replace(**dotted)
         app = create_app(config, clock=clock)
-        ts = TestServer(app, host="127.0.0.1", port=0)
-        await ts.start_server()
+        ts = GuardedTestServer(app, host="127.0.0.1", port=0)
+        ssl_context = server_ssl_context(config.security)
+        await ts.start_server(ssl=ssl_context)
         started.append(ts)
-        return Running(ts, app[SERVER])
+        return Running(ts, app[SERVER], tls=ssl_context is not None)
 
     yield start
     for ts in reversed(started):

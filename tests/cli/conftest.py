@@ -40,9 +40,9 @@ READY = "aiosrv ready:"
 TIMEOUT = 10.0
 
 READY_RE = re.compile(
-    r"aiosrv ready: websocket ws://(?P<ws_host>[\d.]+):(?P<ws>\d+)(?P<path>/\S*), "
-    r"api http://(?P<api_host>[\d.]+):(?P<api>\d+)"
-    r"(?:, metrics http://(?P<metrics_host>[\d.]+):(?P<metrics>\d+)/metrics)? "
+    r"aiosrv ready: websocket wss?://(?P<ws_host>[\d.]+):(?P<ws>\d+)(?P<path>/\S*), "
+    r"api https?://(?P<api_host>[\d.]+):(?P<api>\d+)"
+    r"(?:, metrics https?://(?P<metrics_host>[\d.]+):(?P<metrics>\d+)/metrics)? "
     r"\(core=(?P<core>[\w-]+), broker=(?P<broker>\w+), max_connections=(?P<max>\d+)\)"
 )
 
@@ -119,7 +119,13 @@ def wait_for_file_line(path: Path, pattern: str, timeout: float = TIMEOUT) -> re
 class ServerProcess:
     """A running ``aiosrv serve``; standard error is read by a thread into ``lines``."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.args = args
         self.cwd = cwd
         self.lines: list[str] = []
@@ -135,6 +141,7 @@ class ServerProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
+            preexec_fn=preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -251,9 +258,11 @@ StartServer = Callable[..., Served]
 def serve(tmp_path: Path) -> Iterator[StartServer]:
     """Start ``aiosrv serve``; kill every started process at teardown.
 
-    ``serve(*args, env=None, ports=True, wait=True, cwd=tmp_path)``: with
-    ``ports`` the flags bind the WebSocket, API and metrics listeners to three
-    free ports on 127.0.0.1; ``env`` adds variables to the cleaned environment.
+    ``serve(*args, env=None, ports=True, wait=True, cwd=tmp_path, preexec_fn=None)``:
+    with ``ports`` the flags bind the WebSocket, API and metrics listeners to
+    three free ports on 127.0.0.1; ``env`` adds variables to the cleaned
+    environment; ``preexec_fn`` runs in the child before it starts (e.g. a
+    lower RLIMIT_NOFILE).
     """
     started: list[Served] = []
 
@@ -263,6 +272,7 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
         ports: bool = True,
         wait: bool = True,
         cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Served:
         argv = ["serve"]
         if ports:
@@ -271,7 +281,7 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
             argv += ["--api-host", "127.0.0.1", "--api-port", str(api)]
             argv += ["--metrics-port", str(metrics)]
         argv += list(args)
-        proc = Served(argv, cwd or tmp_path, clean_env(**(env or {})))
+        proc = Served(argv, cwd or tmp_path, clean_env(**(env or {})), preexec_fn)
         started.append(proc)
         if wait:
             proc.wait_ready()

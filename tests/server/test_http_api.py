@@ -197,7 +197,14 @@ async def test_health(running_server: StartServer, http: aiohttp.ClientSession) 
     assert body["reason"] is None
     assert body["checks"]["broker"] == {"ok": True, "engine": "memory", "reason": None}
     assert body["checks"]["queue"] == {"ok": True, "depth": 0, "limit": 10000}
-    assert body["checks"]["connections"] == {"ok": True, "active": 0, "limit": 7}
+    assert body["checks"]["connections"] == {
+        "ok": True,
+        "active": 0,
+        "handshakes_in_progress": 0,
+        "limit": 7,
+    }
+    assert body["checks"]["descriptors"]["ok"] is True
+    assert body["checks"]["descriptors"]["accept_errors"] == 0
     assert body["checks"]["draining"] is False
 
 

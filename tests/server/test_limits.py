@@ -48,7 +48,12 @@ async def test_over_max_connections_gets_503_and_health_stays_200(
     status, health = await get_json(http, running, "/health")
     assert status == 200
     assert health["status"] == "healthy"
-    assert health["checks"]["connections"] == {"ok": False, "active": 2, "limit": 2}
+    assert health["checks"]["connections"] == {
+        "ok": False,
+        "active": 2,
+        "handshakes_in_progress": 0,
+        "limit": 2,
+    }
 
     # the two connected clients are unaffected
     await first.ping()
