@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .auth import AuthFailed, Principal, is_loopback
+from .auth import AuthFailed, Principal, is_loopback, same_secret
 from .errors import (
     BUILTIN_TYPES,
     ClientError,
@@ -89,7 +88,7 @@ def _check_token(request: web.Request, jwt_ok: bool = False) -> Principal | None
     token = server.config.api.token
     given = _bearer(request)
     address = server.client_address(request.transport, request.headers)
-    if token and given is not None and hmac.compare_digest(given.encode(), token.encode()):
+    if token and given is not None and same_secret(given, token):
         return None
     if not token and given is None and is_loopback(address):
         return None

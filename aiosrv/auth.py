@@ -79,7 +79,9 @@ class TypePatterns:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
         parts = [".*".join(re.escape(piece) for piece in p.split("*")) for p in self.patterns]
-        self._regex = re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
+        self._regex = (
+            re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL) if parts else None
+        )
 
     def allows(self, type_: str) -> bool:
         return self._regex is not None and self._regex.fullmatch(type_) is not None
@@ -177,7 +179,9 @@ class Authenticator:
                              "or Sec-WebSocket-Protocol: bearer, <token>")  # fmt: skip
         if len(token) > MAX_TOKEN_LENGTH:
             raise AuthFailed(f"token longer than {MAX_TOKEN_LENGTH} characters")
-        if self._token and hmac.compare_digest(token.encode(), self._token.encode()):
+        if not _printable_ascii(token):
+            raise AuthFailed("invalid token: it holds characters other than printable ASCII")
+        if self._token and same_secret(token, self._token):
             return Principal(
                 self._token_user, self.default_subscribe, self.default_publish, "token"
             )
@@ -225,16 +229,18 @@ class Authenticator:
             raise AuthFailed("JWT signature does not verify") from None
         except jwt.PyJWTError as exc:
             raise AuthFailed(f"invalid JWT: {exc}") from None
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise AuthFailed("JWT exp must be a number (seconds since the epoch)")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 256:
             raise AuthFailed("JWT sub must be a non-empty string of at most 256 characters")
-        exp = claims.get("exp")
         return Principal(
             user=sub,
             subscribe=_patterns_claim(claims, "subscribe", self.default_subscribe),
             publish=_patterns_claim(claims, "publish", self.default_publish),
             method="jwt",
-            expires_at=float(exp) if isinstance(exp, (int, float)) else None,
+            expires_at=float(exp),
         )
 
     def seconds_left(self, principal: Principal) -> float | None:
@@ -242,6 +248,18 @@ class Authenticator:
         if principal.expires_at is None:
             return None
         return principal.expires_at + self._leeway - self._wall()
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+def same_secret(given: str, secret: str) -> bool:
+    """Constant-time comparison of a presented secret with the configured one
+    (any text: a header's undecodable bytes arrive as lone surrogates)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    )
 
 
 def _load_public_key(path: str) -> tuple[str, Any]:
@@ -308,7 +326,9 @@ def token_from_request(
 # -- origins ----------------------------------------------------------------------------
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_ORIGIN_RE = re.compile(r"(?i)(https?)://([^/:]+)(?::(\d{1,5}))?")
+_ORIGIN_RE = re.compile(
+    r"(?i)(https?)://((?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])(?::(\d{1,5}))?"
+)
 
 
 def _split_origin(origin: str) -> tuple[str, str, int] | None:
@@ -365,16 +385,28 @@ class OriginPolicy:
 # -- client addresses -----------------------------------------------------------------
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> Address | None:
+    """The address in ``text`` (brackets allowed), or None."""
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
         return None
 
 
+def _forms(ip: Address) -> tuple[Address, ...]:
+    """``ip``, and for an IPv4-mapped IPv6 address (what a dual-stack
+    listener sees of an IPv4 peer) the IPv4 address too."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return (ip, ip.ipv4_mapped)
+    return (ip,)
+
+
 def is_loopback(address: str) -> bool:
     ip = _ip(address)
-    return ip is not None and ip.is_loopback
+    return ip is not None and any(form.is_loopback for form in _forms(ip))
 
 
 class TrustedProxies:
@@ -387,7 +419,9 @@ class TrustedProxies:
 
     def trusts(self, address: str) -> bool:
         ip = _ip(address)
-        return ip is not None and any(ip in net for net in self.networks)
+        return ip is not None and any(
+            form in net for form in _forms(ip) for net in self.networks
+        )
 
 
 def client_address(peer: str, headers: Mapping[str, str], proxies: TrustedProxies) -> str:
@@ -398,12 +432,17 @@ def client_address(peer: str, headers: Mapping[str, str], proxies: TrustedProxie
     ``X-Real-IP``."""
     if not proxies.networks or not proxies.trusts(peer):
         return peer
-    forwarded = headers.get("X-Forwarded-For")
-    if forwarded:
+    getall = getattr(headers, "getall", None)
+    lines = list(getall("X-Forwarded-For", ())) if getall is not None else (
+        [headers["X-Forwarded-For"]] if "X-Forwarded-For" in headers else []
+    )
+    # several header lines are one list, in order: a proxy may add its own line
+    forwarded = ",".join(lines)
+    if forwarded.strip():
         nearest = peer
         for hop in reversed([h.strip() for h in forwarded.split(",")]):
             if _ip(hop) is None:
-                return nearest
+                return nearest.strip("[]")
             if not proxies.trusts(hop):
                 return hop.strip("[]")
             nearest = hop

@@ -5,8 +5,10 @@ Each property is stated against the input's structure (what was generated),
 not by re-running the code under test: type patterns against a reference glob
 matcher, origins against the scheme/host/port they were built from, client
 addresses against the kind of each forwarded hop, tokens against the claims
-they were signed with. Known bugs are pinned by ``xfail(strict=True)`` tests at
-the end of each part (a fix makes them XPASS, which fails: drop the marker).
+they were signed with. The tests at the end of each part pin the bugs these
+properties found (since fixed): lone surrogates in tokens, numeric-string exp,
+'*' and newlines, multi-line X-Forwarded-For, bracketed IPv6 hops, wildcard
+origins with non-host text.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from aiosrv.auth import (
     TrustedProxies,
     TypePatterns,
     client_address,
+    is_loopback,
     token_from_request,
 )
 from aiosrv.config import ConfigError, SecurityConfig, load_config
@@ -117,13 +120,6 @@ def test_no_patterns_allow_nothing(name: str) -> None:
     assert not TypePatterns([]).allows(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TypePatterns builds '.*' without re.DOTALL, so '*' does not match a "
-    "newline; check_type accepts type names with newlines, so with the default "
-    "permissions ('*') such a type is refused as forbidden (auth off included)",
-    raises=AssertionError,
-)
 @example("a\nb")
 @settings(deadline=None)
 @given(st.text(min_size=1, max_size=5))
@@ -257,13 +253,6 @@ def test_an_empty_list_allows_every_origin(origin: str | None) -> None:
     assert OriginPolicy([]).allows(origin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low severity, browsers never send such origins): a wildcard entry "
-    "allows any host text that ends with .domain, including '?', '#', '@', spaces "
-    "and empty labels",
-    raises=AssertionError,
-)
 @example("evil.com?")
 @settings(deadline=None)
 @given(st.text(min_size=1, max_size=8).filter(lambda t: "/" not in t and ":" not in t))
@@ -420,12 +409,6 @@ def test_the_client_is_the_peer_or_an_address_the_headers_name(
     ipaddress.ip_address(result.strip("[]"))  # and it is an address
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed hop stops the walk at the last trusted hop, which is "
-    "returned with its IPv6 brackets ('[fd00::1]'), unlike every other path",
-    raises=AssertionError,
-)
 @example(Hop("trusted", "fd00::1", "[fd00::1]"))
 @settings(deadline=None)
 @given(hops().filter(lambda h: h.kind == "trusted"))
@@ -434,13 +417,6 @@ def test_the_nearest_trusted_hop_comes_back_without_brackets(hop: Hop) -> None:
     assert client_address("10.0.0.1", {"X-Forwarded-For": xff}, PROXIES) == hop.address
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (spoofing): with X-Forwarded-For given on several header lines (HAProxy "
-    "'option forwardfor' appends a line of its own), only the first line, which the "
-    "client wrote, is read; RFC 9110 5.3 makes the lines one comma-joined list",
-    raises=AssertionError,
-)
 @example(["6.6.6.6"], "203.0.113.9")
 @settings(deadline=None)
 @given(st.lists(untrusted_ips.map(str), min_size=1, max_size=3), untrusted_ips.map(str))
@@ -845,19 +821,16 @@ def test_any_claims_signed_right_give_a_principal_or_auth_failed(
     assert principal.user == claims["sub"] and principal.method == "jwt"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PyJWT accepts exp as a numeric string ('9999999999', int() of it), "
-    "but Principal.expires_at is then None: the connection's token expiry (1008) is "
-    "never enforced, though the token does expire",
-    raises=AssertionError,
-)
 @example(9_999_999_999)
 @settings(deadline=None)
 @given(st.integers(int(time.time()) + 3600, 2**40))
 def test_every_accepted_jwt_has_its_expiry(auths: Auths, exp: int) -> None:
-    principal = auths.hs.authenticate(hs256({"sub": "u", "exp": str(exp)}))
+    # RFC 7519: exp is a JSON number; a numeric string (which PyJWT lets
+    # through) would leave the connection without an enforced expiry
+    principal = auths.hs.authenticate(hs256({"sub": "u", "exp": exp}))
     assert principal.expires_at == float(exp)
+    with pytest.raises(AuthFailed, match="exp must be a number"):
+        auths.hs.authenticate(hs256({"sub": "u", "exp": str(exp)}))
 
 
 # ======================================================================= tokens: static, lengths
@@ -934,21 +907,15 @@ def test_the_length_limit_holds_for_valid_tokens_too() -> None:
     refused(auth, too_long)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a token with a lone surrogate (what aiohttp makes of a non-UTF-8 byte "
-    "in a header, e.g. 'Authorization: Bearer \\xff') raises UnicodeEncodeError from "
-    "token.encode() (static token) or PyJWT (JWT path): the upgrade answers 500, "
-    "unaudited, instead of 401",
-    raises=UnicodeEncodeError,
-)
 @example("\udcff")
 @example("a.b.\udcff")
 @settings(deadline=None)
 @given(
-    st.text(st.characters() | st.characters(categories=["Cs"]), min_size=1, max_size=12).filter(
-        lambda t: any("\ud800" <= c <= "\udfff" for c in t)
-    )
+    st.tuples(
+        st.text(max_size=8),
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+        st.text(max_size=8),
+    ).map("".join)
 )
 def test_any_text_token_is_refused_with_auth_failed(auths: Auths, token: str) -> None:
     for auth in (auths.static, auths.hs, auths.all):
@@ -1226,3 +1193,14 @@ def test_patterns_with_spaces_are_refused(key: str, pat: str, space: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_one(key, [pat + space + pat])
     assert [p.path for p in info.value.problems] == [key]
+
+
+def test_ipv4_mapped_peers_are_their_ipv4_address() -> None:
+    """A dual-stack listener sees an IPv4 proxy as ::ffff:a.b.c.d: still trusted,
+    and ::ffff:127.0.0.1 is still loopback."""
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    assert proxies.trusts("::ffff:10.0.0.1") and not proxies.trusts("::ffff:11.0.0.1")
+    assert client_address("::ffff:10.0.0.1", {"X-Real-IP": "203.0.113.5"}, proxies) == (
+        "203.0.113.5"
+    )
+    assert is_loopback("::ffff:127.0.0.1") and not is_loopback("::ffff:10.0.0.1")
