@@ -680,3 +680,18 @@ async def test_user_counts_are_written_again_after_redis_loses_them(
     status, _ = await upgrade_status(b, headers={"Authorization": f"Bearer {make_jwt('frank')}"})
     assert status == 429
     await client.close()
+
+
+async def test_a_token_with_bytes_that_are_not_text_is_a_401(
+    running_server: StartServer, logs: AuditLines
+) -> None:
+    running = await running_server(security__enable_auth=True, security__auth_token=STATIC)
+    key = base64.b64encode(os.urandom(16))
+    status, body = await _raw_request(
+        running,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer \xff\xfe" + STATIC.encode() + b"\r\n\r\n",
+    )
+    assert status == 401 and b"printable ASCII" in body, body
+    assert logs.having("aiosrv.audit", "authentication failed")
