@@ -420,3 +420,98 @@ def test_bad_tls_files_are_named(tmp_path: Path) -> None:
         )
         ctx = server_ssl_context(cfg.security)
         assert ctx is not None and ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+# --------------------------------------------------------------------------- hand-over and shutdown
+
+
+class _Recorder(asyncio.Protocol):
+    """Stands in for aiohttp's RequestHandler: records what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.calls.append(("connection_made", transport))
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append(("data_received", data))
+
+    def pause_writing(self) -> None:
+        self.calls.append(("pause_writing", None))
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.closed = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.1", 4000) if name == "peername" else default
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_hand_over_gives_aiohttp_the_transport_the_bytes_and_the_write_state() -> None:
+    from aiosrv.guard import GuardedServer, guard_stats
+    from aiosrv.server import Server
+
+    server = Server(default_config())
+    recorder = _Recorder()
+
+    class WebServer:  # what GuardedServer needs of aiohttp's web.Server
+        _kwargs: dict[str, object] = {}
+
+        def __call__(self) -> _Recorder:
+            return recorder
+
+    guarded = GuardedServer(WebServer(), server, guard_stats(server))  # type: ignore[arg-type]
+    guard = guarded()
+    transport = _FakeTransport()
+    guard.connection_made(transport)
+    assert server.handshakes_in_progress() == 1 and guarded.guards == {guard}
+    guard.pause_writing()  # the transport's buffer filled before the hand-over
+    guard.data_received(b"GET / HTTP/1.1\r\nHost: x")
+    assert recorder.calls == [] and transport.protocol is None
+    guard.data_received(b"\r\n\r\n\x81\x80")  # the end of the head and a frame behind it
+    assert transport.protocol is recorder
+    assert recorder.calls == [
+        ("connection_made", transport),
+        ("pause_writing", None),
+        ("data_received", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x80"),
+    ]
+    assert server.handshakes_in_progress() == 0 and not guarded.guards
+    # aiohttp's line limits follow security.max_header_size
+    assert WebServer._kwargs["max_line_size"] == WebServer._kwargs["max_field_size"] == 32768
+    # a client that half-closes before its head is complete is dropped, not counted
+    other = guarded()
+    other.connection_made(_FakeTransport())
+    other.data_received(b"GET / HTTP/1.1\r\n")
+    assert other.eof_received() is None  # the transport closes itself
+    assert server.handshakes_in_progress() == 0
+    other.connection_lost(None)
+    assert not guarded.guards
+    assert not server.stats.handshakes_refused
+
+
+async def test_a_head_in_progress_is_closed_at_shutdown(running_server: StartServer) -> None:
+    running = await running_server()
+    reader, writer = await open_raw(running)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\n")
+        await wait_until(lambda: running.server.handshakes_in_progress() == 1, what="counted")
+        started = time.monotonic()
+        await running.test_server.close()
+        # closed: EOF, or a reset when the bytes were still unread at the close
+        with contextlib.suppress(ConnectionResetError):
+            assert await read_to_eof(reader) == b""
+        assert reader.at_eof() or reader.exception() is not None
+        assert time.monotonic() - started < 2
+    finally:
+        await close_raw(writer)
+    assert running.server.handshakes_in_progress() == 0
