@@ -48,10 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--close-timeout",
         type=float,
-        default=60.0,
-        help="how long phase 2 waits for the never-readers to be closed (60)",
+        default=300.0,
+        help="how long phase 2 waits for the never-readers to be closed (300)",
     )
     p.add_argument("--rcvbuf", type=int, default=4096, help="never-readers' SO_RCVBUF (4096)")
+    p.add_argument(
+        "--sample-every",
+        type=int,
+        default=10,
+        help="measure latency on every Nth subscriber, all its messages (10)",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=20.0,
+        help="never-readers write an unsolicited pong this often, so that the heartbeat "
+        "timeout (60 s) does not close them first; 0: they send nothing (20)",
+    )
     p.add_argument("--server-cpu", default=None, help="taskset CPU list for the server (0)")
     p.add_argument("--client-cpu", default=None, help="taskset CPU list for the load (1)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -68,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         send_buffer_limit=a.send_buffer_limit,
         close_timeout=a.close_timeout,
         rcvbuf=a.rcvbuf,
+        sample_every=a.sample_every,
+        keepalive=a.keepalive,
         server_cpu=a.server_cpu or ("0" if pin else None),
         client_cpu=a.client_cpu or ("1" if pin else None),
         progress=None if a.quiet else (lambda t: print(t, file=sys.stderr, flush=True)),

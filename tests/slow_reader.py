@@ -116,10 +116,11 @@ def subscribe_frame(type_: str) -> bytes:
 class Subscribers:
     """Many subscribers in this process; what they received."""
 
-    def __init__(self, port: int, count: int, type_: str) -> None:
+    def __init__(self, port: int, count: int, type_: str, sample_every: int = 1) -> None:
         self.port = port
         self.count = count
         self.type = type_
+        self.sample_every = max(1, sample_every)
         self.clients: list[SubProtocol] = []
         self.hist: Counter[int] = Counter()
         self.acked = 0
@@ -158,6 +159,7 @@ class Subscribers:
             "gap_examples": [c.gaps[:3] for c in self.clients if c.gaps][:3],
             "closed": dict(closed),
             "latency_ms": {ph: percentiles(h) for ph, h in sorted(by_phase.items())},
+            "latency_sampled_subscribers": sum(c.sampled for c in self.clients),
             "cpu_seconds": round(sum(os.times()[:2]), 2),
         }
 
@@ -176,6 +178,9 @@ class SubProtocol(asyncio.Protocol):
         self.gaps: list[tuple[int, int]] = []
         self.close_code: int | None = None
         self.transport: asyncio.Transport | None = None
+        # latency is measured on every sample_every-th subscriber (every message)
+        self.sampled = index % hub.sample_every == 0
+        self.fast = False  # subscribed: data messages only, read by the fast path
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
@@ -183,9 +188,30 @@ class SubProtocol(asyncio.Protocol):
         transport.write(upgrade_request(self.hub.port))
 
     def data_received(self, data: bytes) -> None:
-        now = time.time()
         buf = self.buf
         buf += data
+        if not self.fast or 0x88 in data or 0x89 in data:
+            self._slow()  # the upgrade, the ack, or maybe a ping or close frame
+            return
+        # The fast path, O(1) Python per read: after the ack only data messages
+        # come (and the rare ping, caught above: a 0x88 or 0x89 byte), each
+        # ending with the publisher's last field ("pad":"...") and two braces,
+        # so the last complete one ends at the last '"}}', on a frame boundary.
+        end = buf.rfind(b'"}}') + 3
+        if end < 3:
+            return
+        n = buf.count(b'"seq":', 0, end)
+        j = buf.rfind(b'"seq":', 0, end) + 6
+        last = int(buf[j : buf.index(b",", j)])
+        if last - self.next_seq + 1 != n or self.sampled:
+            self._data(buf, end, time.time())
+        else:
+            self.next_seq = last + 1
+            self.received += n
+        del buf[:end]
+
+    def _slow(self) -> None:
+        buf = self.buf
         if not self.upgraded:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -196,6 +222,29 @@ class SubProtocol(asyncio.Protocol):
             self.upgraded = True
             assert self.transport is not None
             self.transport.write(subscribe_frame(self.hub.type))
+        self._walk(time.time())
+        self.fast = self.subscribed.is_set()
+
+    def _data(self, buf: bytearray, end: int, now: float) -> None:
+        """Count the data messages in ``buf[:end]``, check their seqs follow
+        on, and (on sampled subscribers) record their latency."""
+        found = DATA_RX.findall(buf, 0, end)
+        if not found:
+            return
+        first = int(found[0][0])
+        last = int(found[-1][0])
+        if first != self.next_seq or last - first + 1 != len(found):
+            self._check_gaps([int(f[0]) for f in found])
+        self.next_seq = last + 1
+        self.received += len(found)
+        if self.sampled:
+            self.hub.hist.update(
+                [int(ph) * PHASE_KEY + min(int((now - float(t)) / BUCKET), PHASE_KEY - 1)
+                 for _, t, ph in found]
+            )  # fmt: skip
+
+    def _walk(self, now: float) -> None:
+        buf = self.buf
         n = len(buf)
         pos = 0
         while n - pos >= 2:
@@ -220,22 +269,9 @@ class SubProtocol(asyncio.Protocol):
             elif not self.subscribed.is_set() and b'"type":"ack"' in buf[pos:end]:
                 self.subscribed.set()
             pos = end
-        if not pos:
-            return
-        found = DATA_RX.findall(buf, 0, pos)
-        del buf[:pos]
-        if not found:
-            return
-        first = int(found[0][0])
-        last = int(found[-1][0])
-        if first != self.next_seq or last - first + 1 != len(found):
-            self._check_gaps([int(f[0]) for f in found])
-        self.next_seq = last + 1
-        self.received += len(found)
-        self.hub.hist.update(
-            [int(ph) * PHASE_KEY + min(int((now - float(t)) / BUCKET), PHASE_KEY - 1)
-             for _, t, ph in found]
-        )  # fmt: skip
+        if pos:
+            self._data(buf, pos, now)
+            del buf[:pos]
 
     def _check_gaps(self, seqs: list[int]) -> None:
         expect = self.next_seq
@@ -270,11 +306,11 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def subscribers_main(port: int, count: int, type_: str) -> None:
+async def subscribers_main(port: int, count: int, type_: str, sample_every: int) -> None:
     """The subscribers process: READY when all are subscribed; on ``stop``
     (with the last seq published), wait for it and report."""
     raise_fd_limit()
-    hub = Subscribers(port, count, type_)
+    hub = Subscribers(port, count, type_, sample_every)
     start = time.monotonic()
     await hub.connect_all()
     _emit({"event": "ready", "subscribers": count, "seconds": round(time.monotonic() - start, 2)})
@@ -400,6 +436,24 @@ class NeverReader:
         self.data_after = 0
         sockname = writer.get_extra_info("sockname")
         self.local_port = int(sockname[1]) if sockname else 0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def keep_alive(self, interval: float) -> None:
+        """Write an unsolicited pong every ``interval`` seconds (traffic for the
+        server's heartbeat) while reading nothing."""
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.writer.write(mask_frame(b"", 0xA))
+
+        if interval > 0:
+            self._keepalive = asyncio.create_task(run())
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
 
     @classmethod
     async def open(cls, port: int, type_: str, rcvbuf: int = 4096) -> NeverReader:
@@ -438,6 +492,7 @@ class NeverReader:
 
     async def read_to_close(self, timeout: float) -> None:
         """Read again: the data the server had sent, then its close frame."""
+        self._stop_keepalive()
         self.writer.transport.resume_reading()
         try:
             async with asyncio.timeout(timeout):
@@ -458,6 +513,7 @@ class NeverReader:
             self.close_code = -2
 
     async def close(self) -> None:
+        self._stop_keepalive()
         w = self.writer
         if not w.is_closing():
             w.close()
@@ -481,6 +537,12 @@ class SlowOptions:
     server_cpu: str | None = None
     client_cpu: str | None = None
     type: str = "lat"
+    #: latency measured on every Nth subscriber (all its messages); all count
+    #: their messages and check their seqs
+    sample_every: int = 10
+    #: never-readers send an unsolicited pong now and then: they write but never
+    #: read (without it the heartbeat timeout closes them first, with 4000)
+    keepalive: float = 20.0
     progress: Callable[[str], None] | None = None
 
 
@@ -495,6 +557,8 @@ class SlowReport:
     slow_data_after: list[int] = field(default_factory=list)
     slow_bytes_after: list[int] = field(default_factory=list)
     kernel_send_queue_max: int = 0
+    #: data messages per socket write to a subscriber in phase 3 (coalescing)
+    phase3_messages_per_write: float | None = None
     seconds_to_close: float | None = None
     slow_consumer_closes: int = 0
     server_alive: bool = False
@@ -538,6 +602,10 @@ class SlowReport:
             f"payload, send_buffer_limit {o.send_buffer_limit}"
         )
         lat = s.get("latency_ms", {})
+        yield (
+            f"publish-to-receive latency, every message of {s.get('latency_sampled_subscribers')} "
+            f"subscribers (every {o.sample_every}th):"
+        )
         for ph, name in (
             ("1", f"phase 1, {o.phase_seconds:g}s, no never-reader"),
             ("2", f"phase 2, {self.seconds_to_close}s, never-reader(s) connected"),
@@ -563,7 +631,8 @@ class SlowReport:
         yield (
             f"CPU seconds: server {self.server_cpu_seconds}, subscribers "
             f"{s.get('cpu_seconds')}, publisher {p.get('cpu_seconds')}; server RSS "
-            f"{self.server_rss_mib} MiB; slow-consumer log lines {self.slow_consumer_log_lines}"
+            f"{self.server_rss_mib} MiB; slow-consumer log lines {self.slow_consumer_log_lines}; "
+            f"messages per socket write in phase 3: {self.phase3_messages_per_write}"
         )
         if self.failures:
             yield "INVARIANTS BROKEN:"
@@ -612,6 +681,13 @@ class _Child:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         # the pipes' transports close with the process; nothing left to read
+
+
+async def _stats(session: Any, api: str) -> dict[str, Any]:
+    """The server's message counters (``GET /stats``)."""
+    async with session.get(api + "/stats") as resp:
+        messages = (await resp.json())["messages"]
+    return {k: int(messages.get(k) or 0) for k in ("delivered_total", "writes_total")}
 
 
 async def _ws_stats(session: Any, api: str) -> dict[str, Any]:
@@ -666,7 +742,16 @@ async def run_slow_reader(options: SlowOptions) -> SlowReport:
         cpu0 = cpu_seconds(server.pid)
         subs = await _Child.start(
             "subscribers",
-            ["--port", str(server.ws_port), "--count", str(o.subscribers), "--type", o.type],
+            [
+                "--port",
+                str(server.ws_port),
+                "--count",
+                str(o.subscribers),
+                "--type",
+                o.type,
+                "--sample-every",
+                str(o.sample_every),
+            ],
             o.client_cpu,
         )
         ready = await subs.read(120)
@@ -682,7 +767,9 @@ async def run_slow_reader(options: SlowOptions) -> SlowReport:
         say(f"phase 1: {o.phase_seconds}s at {o.rate}/s, no never-reader")
         await asyncio.sleep(o.phase_seconds)
         for _ in range(o.slow):
-            readers.append(await NeverReader.open(server.ws_port, o.type, o.rcvbuf))
+            reader = await NeverReader.open(server.ws_port, o.type, o.rcvbuf)
+            reader.keep_alive(o.keepalive)
+            readers.append(reader)
         ports = {r.local_port for r in readers}
         pub.send({"cmd": "phase", "phase": 2})
         phase2 = time.monotonic()
@@ -713,9 +800,15 @@ async def run_slow_reader(options: SlowOptions) -> SlowReport:
             rep.slow_close_reasons = [r.close_reason for r in readers]
             rep.slow_data_after = [r.data_after for r in readers]
             rep.slow_bytes_after = [r.bytes_after for r in readers]
+            stats0 = await _stats(session, api)
         pub.send({"cmd": "phase", "phase": 3})
         say(f"phase 3: {o.phase_seconds}s after the close")
         await asyncio.sleep(o.phase_seconds)
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            stats1 = await _stats(session, api)
+        delivered = stats1["delivered_total"] - stats0["delivered_total"]
+        writes = stats1["writes_total"] - stats0["writes_total"]
+        rep.phase3_messages_per_write = round(delivered / writes, 2) if writes else None
         pub.send({"cmd": "stop"})
         rep.publisher = await pub.read(30)
         subs.send({"cmd": "stop", "last_seq": rep.publisher.get("last_seq", 0), "timeout": 20})
@@ -750,6 +843,7 @@ def _helper_main(argv: list[str] | None = None) -> None:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--type", required=True)
+    s.add_argument("--sample-every", type=int, default=1)
     q = sub.add_parser("publisher")
     q.add_argument("--api-port", type=int, required=True)
     q.add_argument("--rate", type=float, required=True)
@@ -757,7 +851,7 @@ def _helper_main(argv: list[str] | None = None) -> None:
     q.add_argument("--type", required=True)
     a = p.parse_args(argv)
     if a.role == "subscribers":
-        coro = subscribers_main(a.port, a.count, a.type)
+        coro = subscribers_main(a.port, a.count, a.type, a.sample_every)
     else:
         coro = publisher_main(a.api_port, a.rate, a.size, a.type)
     try:
