@@ -10,7 +10,7 @@ callers (the client's address, as trusted proxies report it). With
 authentication on, ``POST /api/publish`` also takes a user's JWT as the
 bearer, limited to the types its ``publish`` claim allows. Nobody publishes
 to the built-in types (``status``, ``stats``, ``health``). Admin calls and
-refusals are audit lines; :class:`AccessLogger` writes the access log.
+refusals are audit lines (the access log is :mod:`aiosrv.access`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from .auth import AuthFailed, Principal, is_loopback, same_secret
 from .errors import (
@@ -36,7 +35,7 @@ from .errors import (
     Unauthorized,
 )
 from .keys import REGISTRY, SERVER
-from .logs import ACCESS, audit
+from .logs import audit
 from .protocol import http_error_body, parse_publication
 from .stats import (
     connections_snapshot,
@@ -307,39 +306,3 @@ API_ROUTES = [
 ]
 
 METRICS_ROUTES = [web.get("/metrics", metrics)]
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per HTTP request and WebSocket upgrade, when logging.access_log
-    is on (live): ``ADDR - USER [TIME] "METHOD PATH HTTP/x.y" STATUS BYTES MSms``,
-    the operations guide's format plus the duration. A ``token`` in the query
-    shows as ``token=***``; USER is ``-`` for the HTTP API."""
-
-    def log(
-        self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float
-    ) -> None:
-        server = request.app[SERVER] if isinstance(request, web.Request) else None
-        if server is None or not server.config.logging.access_log:
-            return
-        query = "&".join(
-            f"{k}=***" if k == "token" else f"{k}={v}" for k, v in request.query.items()
-        )
-        target = request.path + (f"?{query}" if query else "")
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-        ACCESS.info(
-            '%s - %s [%s] "%s %s HTTP/%d.%d" %d %s %.1fms',
-            server.client_address(request.transport, request.headers),
-            request.get("aiosrv.user", "-"),
-            stamp,
-            request.method,
-            target,
-            request.version.major,
-            request.version.minor,
-            response.status,
-            response.body_length if response.status != 101 else 0,
-            elapsed * 1000,
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return ACCESS.isEnabledFor(logging.INFO)

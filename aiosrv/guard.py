@@ -58,9 +58,11 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .access import AccessLogger
 from .clock import Clock, Timer
 from .errors import ErrorCode
 from .keys import SERVER
+from .logs import ACCESS
 from .server import Server
 
 log = logging.getLogger("aiosrv.guard")
@@ -524,6 +526,9 @@ class GuardedRunner(web.AppRunner):
     application's own, ``app[SERVER]``, when not given)."""
 
     def __init__(self, app: web.Application, server: Server | None = None, **kwargs: Any) -> None:
+        # the access log: written when logging.access_log is on (aiosrv.access)
+        kwargs["access_log"] = ACCESS
+        kwargs["access_log_class"] = AccessLogger
         super().__init__(app, **kwargs)
         self.aiosrv_server: Server = server if server is not None else app[SERVER]
         self.guard_stats = guard_stats(self.aiosrv_server)

@@ -77,7 +77,7 @@ class Runner:
         for host, port, parts in listeners(server.config):
             app = create_app(server=server, parts=parts)
             runner = GuardedRunner(
-                app, server, handle_signals=False, access_log=None, shutdown_timeout=1.0
+                app, server, handle_signals=False, shutdown_timeout=1.0
             )
             await runner.setup()
             # workers share each port with SO_REUSEPORT: the kernel spreads new

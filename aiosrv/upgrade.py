@@ -227,15 +227,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         transport.resume_reading()
     if tail:
         session.receive_data(tail)
-    return _Detached()
+    return _Detached(address, principal.user)
 
 
 class _Detached(web.StreamResponse):
     """What the handler returns once the socket is the Connection's: aiohttp
     has nothing left to write. Its status is what the access log shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str, user: str) -> None:
         super().__init__(status=101)
+        # for the access log: the socket is no longer aiohttp's to ask
+        self.client_address = address
+        self.user = user
 
     async def prepare(self, request: web.BaseRequest) -> None:
         return None

@@ -695,3 +695,30 @@ async def test_a_token_with_bytes_that_are_not_text_is_a_401(
     )
     assert status == 401 and b"printable ASCII" in body, body
     assert logs.having("aiosrv.audit", "authentication failed")
+
+
+async def test_access_log_lines_for_requests_and_upgrades(
+    running_server: StartServer, http: aiohttp.ClientSession, logs: AuditLines
+) -> None:
+    running = await running_server(
+        security__enable_auth=True, security__auth_token=STATIC, logging__access_log=True
+    )
+    async with http.get(running.http("/health?verbose=1")) as resp:
+        assert resp.status == 200
+    client = await open_ws(running, path=f"/ws/realtime?token={STATIC}")
+    await client.ping()
+    await upgrade_status(running)  # refused: 401
+    access = [line for line in logs.lines if line.startswith("aiosrv.access ")]
+    assert len(access) == 3, logs.lines
+    assert '"GET /health?verbose=1 HTTP/1.1" 200 ' in access[0]
+    assert access[0].split()[2] == "127.0.0.1"
+    assert "127.0.0.1 - token [" in access[1]
+    assert '"GET /ws/realtime?token=*** HTTP/1.1" 101 0 ' in access[1]
+    assert '"GET /ws/realtime HTTP/1.1" 401 ' in access[2]
+    assert not logs.having(STATIC)
+    await client.close()
+    # off (the default), and live on reload
+    running.server.apply(running.server.config.replace(**{"logging.access_log": False}))
+    async with http.get(running.http("/health")) as resp:
+        assert resp.status == 200
+    assert len([line for line in logs.lines if line.startswith("aiosrv.access ")]) == 3
