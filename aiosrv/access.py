@@ -16,26 +16,33 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .keys import SERVER
 from .logs import ACCESS
 
-__all__ = ["AccessLogger"]
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["AccessLogger", "access_logger_for"]
 
 
 class AccessLogger(AbstractAccessLogger):
     """One line per HTTP request and WebSocket upgrade, when logging.access_log
     is on (live): ``ADDR - USER [TIME] "METHOD PATH HTTP/x.y" STATUS BYTES MSms``,
     the operations guide's format plus the duration. A ``token`` in the query
-    shows as ``token=***``."""
+    shows as ``token=***``. One subclass per server (:func:`access_logger_for`):
+    aiohttp makes the instances, and a request it could not parse has no
+    application to find the server through."""
+
+    server: ClassVar[Server | None] = None
 
     def log(
         self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float
     ) -> None:
-        server = request.app.get(SERVER) if isinstance(request, web.Request) else None
+        server = self.server
         if server is None or not server.config.logging.access_log:
             return
         query = "&".join(
@@ -61,3 +68,8 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return ACCESS.isEnabledFor(logging.INFO)
+
+
+def access_logger_for(server: Server) -> type[AccessLogger]:
+    """The access logger class of ``server``'s listeners."""
+    return type("AccessLogger", (AccessLogger,), {"server": server})

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .keys import REGISTRY, SERVER
 from .logs import audit
-from .protocol import http_error_body, parse_publication
+from .protocol import encode_payload, http_error_body, parse_publication
 from .stats import (
     connections_snapshot,
     health_snapshot,
@@ -113,6 +113,13 @@ def _check_token(request: web.Request, jwt_ok: bool = False) -> Principal | None
 def _audit_refusal(request: web.Request, address: str, reason: str) -> None:
     audit(_server(request).config.logging.audit_log, logging.WARNING, "api access refused",
           addr=address, method=request.method, path=request.path, reason=reason)  # fmt: skip
+
+
+def _encoded(payload: Any, where: str) -> bytes:
+    try:
+        return encode_payload(payload)
+    except InvalidMessage as exc:
+        raise InvalidMessage(f"{where}: {exc.message}") from None
 
 
 def _check_publishable(types: list[str], principal: Principal | None) -> None:
@@ -198,6 +205,11 @@ async def publish(request: web.Request) -> web.Response:
                 )
             items = [parse_publication(item, f"body[{i}]") for i, item in enumerate(body)]
             _check_publishable([t for t, _, _ in items], principal)
+            # encoded here, once: a payload that cannot be refuses the whole
+            # batch before any of it is published
+            items = [
+                (t, _encoded(p, f"body[{i}].payload"), k) for i, (t, p, k) in enumerate(items)
+            ]
             pubs = await server.hub.publish_many(items)
             server.stats.published_http += len(pubs)
             return json_response({"seq": [p.seq for p in pubs]}, 202)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .broker import Broker, BrokerHealth, HistoryPage, Publication
 from .errors import BrokerUnavailable
-from .protocol import encode_data, now_ms
+from .protocol import encode_data, encode_payload, now_ms
 
 
 class MemoryBroker(Broker):
@@ -40,6 +40,8 @@ class MemoryBroker(Broker):
     def publish_now(self, type_: str, payload: Any, key: str | None = None) -> Publication:
         """Synchronous publish, for callers already on the event loop."""
         self._check_open()
+        if not isinstance(payload, bytes):
+            payload = encode_payload(payload)  # a payload it refuses takes no seq
         seq = self._seq.get(type_, 0) + 1
         self._seq[type_] = seq
         ts = now_ms()

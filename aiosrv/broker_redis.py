@@ -71,7 +71,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .broker import Broker, BrokerHealth, HistoryPage, Publication
 from .config import Config
 from .errors import BrokerUnavailable
-from .protocol import now_ms
+from .protocol import encode_payload, now_ms
 
 log = logging.getLogger("aiosrv.broker")
 
@@ -133,7 +133,7 @@ _Pending = tuple[list[tuple[list[str], list[Any]]], "asyncio.Future[list[Any]]"]
 def data_pieces(type_: str, timestamp: int, payload: Any, key: str | None) -> tuple[bytes, ...]:
     """The data message (``protocol.encode_data``) cut where its seq goes, and
     the entry header's JSON. ``payload`` is a JSON value or bytes of JSON."""
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    body = payload if isinstance(payload, bytes) else encode_payload(payload)
     head = b'{"id":' + orjson.dumps(type_ + ":")[:-1]
     middle = b'","type":' + orjson.dumps(type_) + b',"timestamp":%d,"seq":' % timestamp
     keyed = b',"key":' + orjson.dumps(key) if key is not None else b""

@@ -56,9 +56,10 @@ import weakref
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from .access import AccessLogger
+from .access import access_logger_for
 from .clock import Clock, Timer
 from .errors import ErrorCode
 from .keys import SERVER
@@ -200,6 +201,40 @@ class GuardStats:
 
 
 _STATS: weakref.WeakKeyDictionary[Server, GuardStats] = weakref.WeakKeyDictionary()
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (an invalid header, a control
+    character in the target) at ERROR with a traceback, so any client could
+    fill the log. This filter on ``aiohttp.server`` turns such a record into
+    one rate-limited INFO line of ``aiosrv.guard`` naming the peer and what
+    was wrong (the client got its 400 from aiohttp all the same)."""
+
+    def __init__(self, rate_limited: RateLimitedLog) -> None:
+        super().__init__()
+        self.rate_limited = rate_limited
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            detail = " ".join(str(exc.message).split())[:200]
+            self.rate_limited.log(
+                "bad_request", logging.INFO, "bad HTTP request: %s (%s)", detail,
+                record.getMessage(),
+            )  # fmt: skip
+            return False
+        return True
+
+
+def quiet_bad_requests(rate_limited: RateLimitedLog) -> None:
+    """Install :class:`BadRequestFilter` on aiohttp's server logger (once;
+    the newest server's rate limiter is used)."""
+    logger = logging.getLogger("aiohttp.server")
+    for existing in logger.filters:
+        if isinstance(existing, BadRequestFilter):
+            existing.rate_limited = rate_limited
+            return
+    logger.addFilter(BadRequestFilter(rate_limited))
 
 
 def guard_stats(server: Server) -> GuardStats:
@@ -527,11 +562,13 @@ class GuardedRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, server: Server | None = None, **kwargs: Any) -> None:
         # the access log: written when logging.access_log is on (aiosrv.access)
+        server = server if server is not None else app[SERVER]
         kwargs["access_log"] = ACCESS
-        kwargs["access_log_class"] = AccessLogger
+        kwargs["access_log_class"] = access_logger_for(server)
         super().__init__(app, **kwargs)
-        self.aiosrv_server: Server = server if server is not None else app[SERVER]
+        self.aiosrv_server: Server = server
         self.guard_stats = guard_stats(self.aiosrv_server)
+        quiet_bad_requests(self.guard_stats.log)
 
     async def _make_server(self) -> web.Server:
         web_server = await super()._make_server()

@@ -14,6 +14,7 @@ it again.
 
 from __future__ import annotations
 
+import reprlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,9 +118,41 @@ def _check_seq(value: Any, where: str, request_id: str | None) -> int:
     return value
 
 
+def _bounded_repr(maxlevel: int, size: int) -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel = maxlevel  # a value nested a thousand deep is shown as [[[...]]]
+    r.maxstring = r.maxother = r.maxlong = size
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 8
+    return r
+
+
+_SHOW = _bounded_repr(3, 60)
+_DESCRIBE = _bounded_repr(4, 120)
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A client's value in an error message: short, and safe at any depth."""
+    text = _SHOW.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(req: Request) -> str:
+    """A request for a DEBUG line: its kind and fields (a token never), bounded."""
+    fields = {
+        name: getattr(req, name) for name in req.__dataclass_fields__ if name != "token"
+    }
+    return f"{type(req).__name__} {_DESCRIBE.repr(fields)}"
+
+
+def encode_payload(payload: Any) -> bytes:
+    """A publication's payload as JSON, or :class:`InvalidMessage` saying why
+    it cannot be (nested deeper than the encoder goes, 254 levels; an integer
+    beyond 64 bits). Engines encode before they number a publication, so a
+    refused payload never takes a ``seq``."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidMessage(f"payload cannot be encoded as JSON: {exc}") from None
 
 
 def _types_list(payload: dict[str, Any], request_id: str | None) -> tuple[str, ...]:

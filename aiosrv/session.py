@@ -436,7 +436,7 @@ class Session:
                 self.send_error(exc)
             return
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("Client %s: %.300r", self.id, req)
+            log.debug("Client %s: %s", self.id, protocol.describe(req))
         if self._waiting is not None:
             self._wait(req)
         elif _needs_await(req, self.ctx.hub):
@@ -489,6 +489,9 @@ class Session:
                     return
         except Exception as exc:
             log.exception("Client %s: unexpected error", self.id)
+            if self._waiting is waiting:  # nothing is answered after this: close now
+                self._waiting = None
+                self._worker = None
             self._fail(CloseCode.INTERNAL_ERROR, f"internal error: {exc}")
         finally:
             if self._waiting is waiting:

@@ -1,10 +1,8 @@
 """Hostile input: the bugs the fuzzer (``tests/fuzzing.py``) found, one test
 each, with the minimal reproducer.
 
-Each is marked ``xfail(strict=True)`` while the bug is there: the test
-asserts the behaviour the contract asks for, so once the bug is fixed it
-passes, strict xfail turns that into a failure, and the mark (and the
-matching entry of ``KNOWN_BUGS`` in ``test_fuzz.py``) goes.
+Each test asserts the behaviour the contract asks for; each failed before
+its fix (they were strict xfails until then).
 
 The server is ``aiosrv serve`` as a child process (:mod:`tests.serverproc`),
 as the fuzzer runs it: the depth at which Python's recursion limit is hit
@@ -103,7 +101,6 @@ NESTED_FIELDS = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: _show() RecursionError, 1011")
 @pytest.mark.parametrize("field", sorted(NESTED_FIELDS))
 async def test_a_deeply_nested_field_is_an_error_reply_not_1011(server: Start, field: str) -> None:
     srv = await server()
@@ -113,39 +110,39 @@ async def test_a_deeply_nested_field_is_an_error_reply_not_1011(server: Start, f
     assert "Traceback" not in srv.log_text()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: orjson.dumps depth, 1011")
 async def test_a_deeply_nested_websocket_publish_is_refused_and_takes_no_seq(
     server: Start,
 ) -> None:
-    # orjson parses 1,024 levels but encodes at most 254: the payload is
-    # accepted, then encode_data() raises TypeError after the seq was taken
+    # orjson parses 1,024 levels but encodes at most 254: a payload deeper
+    # than that was accepted, then failed to encode after its seq was taken
+    # (1011, and a gap). Now the payload is encoded before it is numbered:
+    # 254 levels are published, 255 refused with an error that says why.
     srv = await server(**{"websocket.allow_client_publish": "true"})
-    deep = '{"id":"r0","action":"publish","payload":{"type":"fuzz","payload":' + nest(254) + "}}"
-    ok = '{"id":"r1","action":"publish","payload":{"type":"fuzz","payload":1}}'
-    outcomes = await send_text(srv, deep, ok)
-    assert len(outcomes) == 2 and outcomes[0].startswith("error:"), outcomes
-    assert outcomes[1] == "ack", outcomes
+    publish = '{"id":"r%d","action":"publish","payload":{"type":"fuzz","payload":%s}}'
+    outcomes = await send_text(srv, publish % (0, nest(255)), publish % (1, nest(254)))
+    assert outcomes == ["error:invalid_message", "ack"], outcomes
     status, body = post(srv, b'{"type":"fuzz","payload":2}')
     assert (status, body) == (202, {"seq": 2}), "a seq was taken by the refused publish"
     assert "Traceback" not in srv.log_text()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: orjson.dumps depth, 500")
 async def test_an_http_publish_of_a_deeply_nested_payload_is_400_and_takes_no_seq(
     server: Start,
 ) -> None:
     srv = await server()
     loop = asyncio.get_running_loop()
-    deep = ('{"type":"fuzz","payload":' + nest(254) + "}").encode()
-    status, _ = await loop.run_in_executor(None, post, srv, deep)
-    assert status == 400, status
+    deep = ('{"type":"fuzz","payload":' + nest(255) + "}").encode()
+    status, body = await loop.run_in_executor(None, post, srv, deep)
+    assert status == 400 and "cannot be encoded" in body["error"]["message"], body
+    batch = ('[{"type":"fuzz","payload":1},{"type":"fuzz","payload":' + nest(255) + "}]")
+    status, body = await loop.run_in_executor(None, post, srv, batch.encode())
+    assert status == 400 and "body[1].payload" in body["error"]["message"], body
     status, body = await loop.run_in_executor(None, post, srv, b'{"type":"fuzz","payload":1}')
     # the subscribers of "fuzz" would otherwise see a gap in seq
     assert (status, body) == (202, {"seq": 1}), (status, body)
     assert "Traceback" not in srv.log_text()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: _show() RecursionError, 500")
 async def test_an_http_publish_list_with_a_deeply_nested_item_is_400(server: Start) -> None:
     srv = await server()
     loop = asyncio.get_running_loop()
@@ -170,7 +167,6 @@ async def refused_without_traceback(srv: ServerProcess, request_bytes: bytes) ->
     return head.split(b" ")[1]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: aiohttp logs a traceback")
 @pytest.mark.parametrize(
     "request_bytes",
     [

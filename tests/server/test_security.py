@@ -591,7 +591,7 @@ async def test_debug_logging_shows_handshakes_and_actions(
     client = await ws_client(running, user_agent_header="probe/1.0")
     await client.subscribe(["news"])
     assert logs.having("DEBUG", "handshake", "probe/1.0")
-    assert logs.having("DEBUG", "Subscribe(", "'news'")
+    assert logs.having("DEBUG", "Subscribe {", "'types': ('news',)")
 
 
 async def test_refused_upgrade_with_websockets_client_sees_status(
