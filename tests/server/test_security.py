@@ -722,3 +722,15 @@ async def test_access_log_lines_for_requests_and_upgrades(
     async with http.get(running.http("/health")) as resp:
         assert resp.status == 200
     assert len([line for line in logs.lines if line.startswith("aiosrv.access ")]) == 3
+
+
+def test_start_up_warnings_for_an_exposed_server_without_credentials() -> None:
+    from aiosrv.auth import exposure_warnings
+
+    assert exposure_warnings(False, False, "127.0.0.1", "::1") == []
+    assert exposure_warnings(True, True, "0.0.0.0", "0.0.0.0") == []
+    notes = exposure_warnings(False, False, "0.0.0.0", "10.1.2.3")
+    assert len(notes) == 2
+    assert "authentication is off" in notes[0] and "0.0.0.0" in notes[0]
+    assert "api.token is unset" in notes[1] and "only loopback callers" in notes[1]
+    assert exposure_warnings(True, False, "0.0.0.0", "localhost") == []
