@@ -126,7 +126,7 @@ def _bounded_repr(maxlevel: int, size: int) -> reprlib.Repr:
     return r
 
 
-_SHOW = _bounded_repr(3, 60)
+_SHOW = _bounded_repr(3, 200)  # then cut to 60, from the end
 _DESCRIBE = _bounded_repr(4, 120)
 
 
