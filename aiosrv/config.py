@@ -254,6 +254,11 @@ class WebSocketConfig:
     send_buffer_limit: int = _key("size", MiB, "SEND_BUFFER_LIMIT", LIVE,
         "Per-connection pending output in bytes; a slower consumer is closed with 1013.",
         minimum=1024)
+    socket_send_buffer: int = _key("size", 0, "SOCKET_SEND_BUFFER", LIVE,
+        "SO_SNDBUF of each WebSocket connection (the kernel doubles it); 0 = the kernel's "
+        "autotuning (up to tcp_wmem's maximum, 4 MiB). Caps what a client that stops "
+        "reading holds in the kernel besides send_buffer_limit; applies to new connections.",
+        minimum=0, maximum=64 * MiB)
     allow_client_publish: bool = _key("bool", False, "ALLOW_CLIENT_PUBLISH", LIVE,
         "Whether WebSocket clients may publish messages themselves.")
     compression: bool = _key("bool", False, "WEBSOCKET_COMPRESSION", LIVE,

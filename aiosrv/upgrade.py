@@ -119,6 +119,17 @@ def detach(request: web.Request) -> tuple[asyncio.Transport, bytes]:
     return transport, tail
 
 
+def set_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """SO_SNDBUF of a connection's socket (websocket.socket_send_buffer)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError as exc:  # a closed socket, or a transport without a real one
+        log.debug("cannot set SO_SNDBUF to %d: %s", size, exc)
+
+
 def _refuse_handshake(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
@@ -205,6 +216,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         else None
     )
     transport, tail = detach(request)
+    if cfg.socket_send_buffer:
+        set_send_buffer(transport, cfg.socket_send_buffer)
     peername = transport.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if peername else "unknown"
     if peername and address != str(peername[0]):

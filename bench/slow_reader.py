@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase-seconds", type=float, default=10.0, help="length of each phase (10)")
     p.add_argument("--send-buffer-limit", default="64KiB", help="SEND_BUFFER_LIMIT (64KiB)")
     p.add_argument(
+        "--socket-send-buffer", default="0",
+        help="SOCKET_SEND_BUFFER, the server's SO_SNDBUF per connection (0: kernel autotuning)",
+    )  # fmt: skip
+    p.add_argument(
         "--close-timeout",
         type=float,
         default=300.0,
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         size=a.size,
         phase_seconds=a.phase_seconds,
         send_buffer_limit=a.send_buffer_limit,
+        socket_send_buffer=a.socket_send_buffer,
         close_timeout=a.close_timeout,
         rcvbuf=a.rcvbuf,
         sample_every=a.sample_every,

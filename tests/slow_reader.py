@@ -532,6 +532,7 @@ class SlowOptions:
     size: int = 100
     phase_seconds: float = 10.0  # phases 1 and 3; phase 2 lasts until the close
     send_buffer_limit: str = "64KiB"
+    socket_send_buffer: str = "0"  # SOCKET_SEND_BUFFER: 0 = the kernel's autotuning
     close_timeout: float = 300.0  # how long phase 2 waits for the never-readers' close
     rcvbuf: int = 4096
     server_cpu: str | None = None
@@ -599,7 +600,8 @@ class SlowReport:
         yield (
             f"{s.get('subscribers')} subscribers (subscribed in {self.subscribe_seconds}s), "
             f"{o.slow} never-reader(s), {p.get('rate')} msgs/s of {p.get('payload_bytes')} B "
-            f"payload, send_buffer_limit {o.send_buffer_limit}"
+            f"payload, send_buffer_limit {o.send_buffer_limit}, "
+        f"socket_send_buffer {o.socket_send_buffer}"
         )
         lat = s.get("latency_ms", {})
         yield (
@@ -733,7 +735,13 @@ async def run_slow_reader(options: SlowOptions) -> SlowReport:
     raise_fd_limit()
     server = await asyncio.get_running_loop().run_in_executor(
         None,
-        lambda: start_server(env={"SEND_BUFFER_LIMIT": o.send_buffer_limit}, cpu=o.server_cpu),
+        lambda: start_server(
+            env={
+                "SEND_BUFFER_LIMIT": o.send_buffer_limit,
+                "SOCKET_SEND_BUFFER": o.socket_send_buffer,
+            },
+            cpu=o.server_cpu,
+        ),
     )
     subs = pub = None
     readers: list[NeverReader] = []

@@ -734,3 +734,20 @@ def test_start_up_warnings_for_an_exposed_server_without_credentials() -> None:
     assert "authentication is off" in notes[0] and "0.0.0.0" in notes[0]
     assert "api.token is unset" in notes[1] and "only loopback callers" in notes[1]
     assert exposure_warnings(True, False, "0.0.0.0", "localhost") == []
+
+
+async def test_socket_send_buffer_caps_the_kernel_queue_of_each_connection(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    import socket
+
+    running = await running_server(websocket__socket_send_buffer=65536)
+    await ws_client(running)
+    (conn,) = running.server.connections.values()
+    sock = conn.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536  # Linux doubles
+    running.server.apply(running.server.config.replace(**{"websocket.socket_send_buffer": 0}))
+    await ws_client(running)
+    newer = [c for c in running.server.connections.values() if c is not conn][0]
+    autotuned = newer.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    assert autotuned.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != 2 * 65536
