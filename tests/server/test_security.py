@@ -748,6 +748,6 @@ async def test_socket_send_buffer_caps_the_kernel_queue_of_each_connection(
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536  # Linux doubles
     running.server.apply(running.server.config.replace(**{"websocket.socket_send_buffer": 0}))
     await ws_client(running)
-    newer = [c for c in running.server.connections.values() if c is not conn][0]
+    newer = next(c for c in running.server.connections.values() if c is not conn)
     autotuned = newer.transport.get_extra_info("socket")  # type: ignore[attr-defined]
     assert autotuned.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != 2 * 65536
