@@ -15,7 +15,7 @@ $(BIN)/python:
 # the compiled core is built from _core/ and from the pure sources it compiles
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard _core/*.pyx _core/*.pxd) \
 		aiosrv/_fanout_py.py aiosrv/_wire_py.py
-	$(BIN)/pip install --quiet -e '.[test,redis]'
+	$(BIN)/pip install --quiet -e '.[test,redis,loadtest]'
 	touch $(STAMP)
 
 setup: $(STAMP)

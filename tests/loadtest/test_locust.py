@@ -1,0 +1,107 @@
+"""A short headless Locust run (loadtest/run.sh) against a real ``aiosrv serve``.
+
+Locust monkey-patches the standard library with gevent when imported, which
+would break the asyncio tests sharing this process: it only ever runs as a
+subprocess here (run.sh), and this module never imports it. The server has
+its three listeners on separate free loopback ports (tests/serverproc.py), so
+the run exercises ``--api-url`` and ``--metrics-url`` too.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import READY_RE, ServerProcess, start_server
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_SH = REPO / "loadtest" / "run.sh"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None or importlib.util.find_spec("matplotlib") is None,
+    reason="needs the loadtest extra: pip install -e '.[loadtest]'",
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = start_server(workdir=tmp_path / "server")
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+def read_stats(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open(newline="") as f:
+        return {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+
+
+@pytest.mark.timeout(120)
+def test_headless_run_reports_receives_without_failures(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    ready = READY_RE.search(server.log_text())
+    assert ready and ready["metrics"], server.log_text()
+    out = tmp_path / "report"
+    users = 24  # one publisher and 23 subscribers
+    env = {**os.environ, "PYTHON": sys.executable}
+    argv = [
+        "bash", str(RUN_SH), "--scenario", "steady", "--quiet",
+        "-H", f"http://127.0.0.1:{server.ws_port}",
+        "--api-url", f"http://127.0.0.1:{server.api_port}",
+        "--metrics-url", f"http://127.0.0.1:{ready['metrics']}/metrics",
+        "-u", str(users), "-r", str(users), "-t", "10s", "--out", str(out),
+        "--", "--types", "prices,news", "--keys", "eu,us",
+        "--publish-rate", "25", "--ping-interval", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    stats = read_stats(out / "locust_stats.csv")
+    failures = {k: int(r["Failure Count"]) for k, r in stats.items() if int(r["Failure Count"])}
+    assert not failures, (failures, (out / "locust_failures.csv").read_text())
+    connect = stats[("WS", "connect")]
+    assert int(connect["Request Count"]) == users - 1  # every subscriber, once
+    receives = {name: r for (kind, name), r in stats.items() if name.startswith("receive ")}
+    assert set(receives) <= {"receive prices", "receive news"} and receives
+    assert sum(int(r["Request Count"]) for r in receives.values()) > 500
+    assert int(stats[("WS", "subscribe")]["Request Count"]) == users - 1
+    assert int(stats[("WS", "ping")]["Request Count"]) > 0
+    assert int(stats[("POST", "/api/publish")]["Request Count"]) > 100
+    # latencies are publish-to-receive on one machine: milliseconds, not seconds
+    for r in receives.values():
+        assert float(r["Median Response Time"]) < 500, r
+
+    for name in (
+        "report.html", "report.md", "latency.png", "connections.png", "deliveries.png",
+        "server.png", "locust_stats_history.csv", "server_metrics.csv",
+    ):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    with (out / "server_metrics.csv").open(newline="") as f:
+        samples = list(csv.DictReader(f))
+    assert len(samples) >= 8
+    assert max(float(s["connections"] or 0) for s in samples) == users - 1
+    assert max(float(s["delivered"] or 0) for s in samples) > 500
+    report = (out / "report.md").read_text()
+    assert "| WS | connect |" in report and "![" in report and "None." in report
+
+    assert server.alive()
+    assert server.log_problems() == []
