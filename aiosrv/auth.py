@@ -331,11 +331,15 @@ _ORIGIN_RE = re.compile(
 )
 
 
-def _split_origin(origin: str) -> tuple[str, str, int] | None:
+def _split_origin(origin: str, entry: bool = False) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin; ``*.`` may start the host of an
+    allow-list ``entry`` only (a browser's origin is a host name)."""
     match = _ORIGIN_RE.fullmatch(origin.strip())
     if match is None:
         return None
     scheme, host, port = match.groups()
+    if host.startswith("*") and not entry:
+        return None
     scheme = scheme.lower()
     return scheme, host.lower().rstrip("."), int(port) if port else _DEFAULT_PORTS[scheme]
 
@@ -358,7 +362,7 @@ class OriginPolicy:
         self._exact: set[tuple[str, str, int]] = set()
         self._suffixes: list[tuple[str, str, int]] = []
         for entry in self.entries:
-            parts = _split_origin(entry)
+            parts = _split_origin(entry, entry=True)
             if parts is None:
                 raise ValueError(f"not an origin: {entry!r}")
             scheme, host, port = parts

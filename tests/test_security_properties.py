@@ -1204,3 +1204,8 @@ def test_ipv4_mapped_peers_are_their_ipv4_address() -> None:
         "203.0.113.5"
     )
     assert is_loopback("::ffff:127.0.0.1") and not is_loopback("::ffff:10.0.0.1")
+
+
+def test_an_origin_that_is_itself_a_wildcard_is_refused() -> None:
+    assert not OriginPolicy(["https://*.example.com"]).allows("https://*.example.com")
+    assert OriginPolicy(["https://*.example.com"]).allows("https://a.example.com")
