@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ROOT = "aiosrv"
@@ -33,11 +34,34 @@ def _show(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
+#: Most audit lines of one event per second; beyond, they are counted and
+#: one line says how many were held back (a flood of bad tokens must not
+#: flood the log).
+AUDIT_LINES_PER_SECOND = 50
+
+# event -> [second the count is for, lines written in it, lines held back]
+_audit_window: dict[str, list[float]] = {}
+
+
 def audit(enabled: bool, level: int, event: str, **fields: object) -> None:
     """Write one audit line, ``<event>: key=value ...`` (values with spaces
-    quoted), if ``enabled`` (logging.audit_log). Callers never pass secrets."""
-    if enabled and AUDIT.isEnabledFor(level):
-        AUDIT.log(level, "%s: %s", event, " ".join(f"{k}={_show(v)}" for k, v in fields.items()))
+    quoted), if ``enabled`` (logging.audit_log); at most
+    :data:`AUDIT_LINES_PER_SECOND` of one event a second. Callers never pass
+    secrets."""
+    if not enabled or not AUDIT.isEnabledFor(level):
+        return
+    second = float(int(time.monotonic()))
+    window = _audit_window.get(event)
+    if window is None or window[0] != second:
+        if window is not None and window[2]:
+            AUDIT.warning("%s: %d more lines held back in one second (limit %d a second)",
+                          event, int(window[2]), AUDIT_LINES_PER_SECOND)  # fmt: skip
+        window = _audit_window[event] = [second, 0.0, 0.0]
+    if window[1] >= AUDIT_LINES_PER_SECOND:
+        window[2] += 1
+        return
+    window[1] += 1
+    AUDIT.log(level, "%s: %s", event, " ".join(f"{k}={_show(v)}" for k, v in fields.items()))
 
 
 def setup_logging(level: str, file: str | None = None) -> None:

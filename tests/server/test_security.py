@@ -751,3 +751,19 @@ async def test_socket_send_buffer_caps_the_kernel_queue_of_each_connection(
     newer = next(c for c in running.server.connections.values() if c is not conn)
     autotuned = newer.transport.get_extra_info("socket")  # type: ignore[attr-defined]
     assert autotuned.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != 2 * 65536
+
+
+def test_audit_lines_of_one_event_are_bounded_per_second(logs: AuditLines) -> None:
+    from aiosrv.logs import AUDIT_LINES_PER_SECOND, audit
+
+    while time.monotonic() % 1 > 0.5:  # begin early in a second: the burst fits in it
+        time.sleep(0.01)
+    for i in range(AUDIT_LINES_PER_SECOND + 30):
+        audit(True, logging.WARNING, "authentication failed", addr="203.0.113.1", n=i)
+    audit(True, logging.WARNING, "origin refused", addr="203.0.113.1")  # its own budget
+    assert len(logs.having("authentication failed: addr=")) == AUDIT_LINES_PER_SECOND
+    assert len(logs.having("origin refused: addr=")) == 1
+    time.sleep(1.05)
+    audit(True, logging.WARNING, "authentication failed", addr="203.0.113.1", n="late")
+    assert logs.having("authentication failed: 30 more lines held back")
+    assert logs.having("authentication failed: addr=203.0.113.1 n=late")
