@@ -45,6 +45,7 @@ import gevent
 import websocket
 from locust import LoadTestShape, User, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
 try:
     import orjson
@@ -219,13 +220,27 @@ class Subscriber(User):
         self.ws.send(dumps({"id": self.sub_id, "action": "subscribe", "payload": payload}))
         return sent
 
+    def stopping(self) -> bool:
+        """Locust asked this user to stop (fewer users, end of the run)."""
+        return self._state == LOCUST_STATE_STOPPING
+
     def close(self) -> None:
+        """The close handshake: our close frame, then read until the server's
+        (at most a second), then the socket. Not ``WebSocket.close()``: its bare
+        ``except`` swallows the GreenletExit with which Locust kills a user."""
         ws, self.ws = self.ws, None
-        if ws is not None:
-            try:
-                ws.close(timeout=1)
-            except Exception:
-                pass
+        if ws is None:
+            return
+        try:
+            if ws.connected:
+                ws.send_close()
+                ws.sock.settimeout(1)
+                while ws.recv_frame().opcode != websocket.ABNF.OPCODE_CLOSE:
+                    pass
+        except Exception:
+            pass
+        finally:
+            ws.shutdown()
 
     def on_stop(self) -> None:
         self.close()
@@ -233,7 +248,7 @@ class Subscriber(User):
     @task
     def live(self) -> None:
         recovering = False
-        while True:
+        while not self.stopping():
             if not self.connect():
                 gevent.sleep(random.uniform(0.5, 1.5))
                 continue
@@ -244,6 +259,8 @@ class Subscriber(User):
                 self.event("close", 0, 0, Closed(f"connection lost: {type(e).__name__}"))
                 ended = "lost"
             self.close()
+            if ended == "stop":
+                return  # Locust then calls on_stop and ends the user
             if ended == "churn":
                 # a new client: fresh subscriptions, no recovery
                 self.last_seq.clear()
@@ -254,7 +271,8 @@ class Subscriber(User):
                     gevent.sleep(random.uniform(0.2, 1.0))  # backoff after a server close
 
     def read_loop(self) -> str:
-        """Read until the connection ends; return why: planned, churn, closed."""
+        """Read until the connection ends; return why: planned, churn, closed,
+        stop (Locust is stopping this user: checked at least once a second)."""
         ws = self.ws
         start = time.monotonic()
         end_at = stop_reason = None
@@ -269,6 +287,8 @@ class Subscriber(User):
         slow = self.slow
         while True:
             now = time.monotonic()
+            if self.stopping():
+                return "stop"
             if end_at is not None and now >= end_at:
                 return stop_reason
             if now >= next_ping:
@@ -276,7 +296,7 @@ class Subscriber(User):
                 ping_sent[pid] = time.perf_counter()
                 ws.send(dumps({"id": pid, "action": "ping"}))
                 next_ping = now + self.ping_interval
-            wait = next_ping - now
+            wait = min(1.0, next_ping - now)
             if end_at is not None:
                 wait = min(wait, end_at - now)
             ws.sock.settimeout(max(0.01, wait))
@@ -318,7 +338,7 @@ class Subscriber(User):
             if mtype == "pong":
                 t0 = ping_sent.pop(msg.get("id"), None)
                 if t0 is not None:
-                    event("ping", (time.perf_counter() - t0) * 1000, len(raw))
+                    event(f"ping{self.suffix}", (time.perf_counter() - t0) * 1000, len(raw))
             elif mtype == "ack" and msg.get("id") == getattr(self, "sub_id", None):
                 p = msg.get("payload") or {}
                 rt = now_ms() - self.sub_sent
