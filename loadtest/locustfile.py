@@ -84,6 +84,10 @@ def _options(parser) -> None:
         help="share of a subscriber's types narrowed to some --keys",
     )  # fmt: skip
     g.add_argument("--publishers", type=int, default=1, help="HTTP publisher users")
+    g.add_argument(
+        "--ws-publishers", type=int, default=0,
+        help="WebSocket publisher users (the server needs websocket.allow_client_publish)",
+    )  # fmt: skip
     g.add_argument("--publish-rate", type=float, default=20.0, help="messages/s per publisher")
     g.add_argument("--payload-bytes", type=int, default=0, help="padding added to each payload")
     g.add_argument("--ping-interval", type=float, default=10.0, help="client ping every N s")
@@ -123,8 +127,11 @@ def now_ms() -> float:
 @events.init.add_listener
 def _init(environment, **_kw) -> None:
     if environment.parsed_options is not None:
-        Publisher.fixed_count = max(0, environment.parsed_options.publishers)
-        Publisher.wait_time = constant_throughput(environment.parsed_options.publish_rate)
+        opts = environment.parsed_options
+        Publisher.fixed_count = max(0, opts.publishers)
+        Publisher.wait_time = constant_throughput(opts.publish_rate)
+        WsPublisher.fixed_count = max(0, opts.ws_publishers)
+        WsPublisher.wait_time = constant_throughput(opts.publish_rate)
 
 
 class Closed(Exception):
@@ -147,6 +154,28 @@ class ErrorReply(Exception):
     """The server answered an error."""
 
 
+def ws_url(environment, host: str | None) -> str:
+    """The WebSocket URL of -H (http -> ws), --ws-path and --token."""
+    opts = environment.parsed_options
+    parts = urlsplit((environment.host or host or "").rstrip("/"))
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    query = f"token={opts.token}" if opts and opts.token else ""
+    path = opts.ws_path if opts else "/ws/realtime"
+    return urlunsplit((scheme, parts.netloc, path, query, ""))
+
+
+def publication(types: list[str], keys: list[str], n: int, pad: str) -> dict[str, object]:
+    """One message to publish: a type of --types, a key of --keys if any, and
+    the send time the subscribers measure latency from."""
+    body: dict[str, object] = {
+        "type": random.choice(types),
+        "payload": {"sent_ms": now_ms(), "n": n, "pad": pad},
+    }
+    if keys:
+        body["key"] = random.choice(keys)
+    return body
+
+
 class Subscriber(User):
     """One WebSocket connection, subscribed to a random mix of --types/--keys."""
 
@@ -155,12 +184,7 @@ class Subscriber(User):
     def __init__(self, environment) -> None:
         super().__init__(environment)
         opts = environment.parsed_options
-        host = (environment.host or self.host or "").rstrip("/")
-        parts = urlsplit(host)
-        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        query = f"token={opts.token}" if opts and opts.token else ""
-        path = opts.ws_path if opts else "/ws/realtime"
-        self.url = urlunsplit((scheme, parts.netloc, path, query, ""))
+        self.url = ws_url(environment, self.host)
         types = _csv(opts.types) if opts else ["prices"]
         keys = _csv(opts.keys) if opts else []
         n = random.randint(1, len(types))
@@ -376,18 +400,75 @@ class Publisher(FastHttpUser):
     @task
     def publish(self) -> None:
         self.n += 1
-        body: dict[str, object] = {
-            "type": random.choice(self.types),
-            "payload": {"sent_ms": now_ms(), "n": self.n, "pad": self.pad},
-        }
-        if self.keys:
-            body["key"] = random.choice(self.keys)
+        body = publication(self.types, self.keys, self.n, self.pad)
         with self.client.post(
             self.api + "/api/publish", data=dumps(body), headers=self.headers,
             name="/api/publish", catch_response=True,
         ) as resp:  # fmt: skip
             if resp.status_code != 202:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:80]}")
+
+
+class WsPublisher(User):
+    """The publish action over one WebSocket, one message per frame, at
+    --publish-rate per user; each ack is a WS event "publish" (its round
+    trip), an error reply or a close a failure. --ws-publishers of them."""
+
+    fixed_count = 0
+    wait_time = constant_throughput(20)
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self.url = ws_url(self.environment, self.host)
+        self.types = _csv(opts.types) if opts else ["prices"]
+        self.keys = _csv(opts.keys) if opts else []
+        self.pad = "x" * (opts.payload_bytes if opts else 0)
+        self.ws: websocket.WebSocket | None = None
+        self.n = 0
+        self.fire = self.environment.events.request.fire
+
+    def event(self, name: str, rt: float, length: int = 0, exc: Exception | None = None) -> None:
+        self.fire(
+            request_type="WS", name=name, response_time=rt, response_length=length,
+            exception=exc, context={},
+        )  # fmt: skip
+
+    def on_stop(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            ws.shutdown()
+
+    @task
+    def publish(self) -> None:
+        if self.ws is None:
+            t0 = time.perf_counter()
+            try:
+                self.ws = websocket.create_connection(self.url, timeout=10)
+            except Exception as e:
+                self.event("publisher connect", (time.perf_counter() - t0) * 1000, 0, e)
+                gevent.sleep(1)
+                return
+            self.event("publisher connect", (time.perf_counter() - t0) * 1000)
+        self.n += 1
+        rid = f"p{self.n}"
+        body = publication(self.types, self.keys, self.n, self.pad)
+        t0 = time.perf_counter()
+        try:
+            self.ws.send(dumps({"id": rid, "action": "publish", "payload": body}))
+            while True:  # not subscribed: only replies come, the ack among them
+                reply = json.loads(self.ws.recv())
+                if reply.get("id") == rid:
+                    break
+        except Exception as e:  # closed or broken: reconnect on the next task
+            self.event("publish", (time.perf_counter() - t0) * 1000, 0, Closed(str(e)))
+            self.on_stop()
+            return
+        rt = (time.perf_counter() - t0) * 1000
+        if reply.get("type") == "ack":
+            self.event("publish", rt)
+        else:
+            p = reply.get("payload") or {}
+            self.event("publish", rt, 0, ErrorReply(f"{p.get('code')}: {p.get('message')}"))
 
 
 # -- scenarios (load shapes) ---------------------------------------------------
@@ -443,7 +524,7 @@ class Storm(_Shape):
         t = self.get_run_time()
         if t >= duration:
             return None
-        pubs = Publisher.fixed_count
+        pubs = Publisher.fixed_count + WsPublisher.fixed_count
         if duration / 3 <= t < duration / 2:
             return pubs, users  # everyone but the publishers disconnects
         return users, users

@@ -24,15 +24,21 @@ from tests.serverproc import READY_RE, ServerProcess, start_server
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "loadtest" / "run.sh"
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None or importlib.util.find_spec("matplotlib") is None,
-    reason="needs the loadtest extra: pip install -e '.[loadtest]'",
-)
+
+
+def require_loadtest_extra() -> None:
+    """Fail (never skip) without Locust and matplotlib: `make test` installs them."""
+    missing = [m for m in ("locust", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: pip install -e '.[loadtest]' (make setup)")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(workdir=tmp_path / "server")
+    require_loadtest_extra()
+    srv = start_server(
+        workdir=tmp_path / "server", settings={"websocket.allow_client_publish": "true"}
+    )
     try:
         yield srv
     finally:
@@ -51,7 +57,7 @@ def test_headless_run_reports_receives_without_failures(
     ready = READY_RE.search(server.log_text())
     assert ready and ready["metrics"], server.log_text()
     out = tmp_path / "report"
-    users = 24  # one publisher and 23 subscribers
+    users = 25  # an HTTP publisher, a WebSocket publisher and 23 subscribers
     env = {**os.environ, "PYTHON": sys.executable}
     argv = [
         "bash", str(RUN_SH), "--scenario", "steady", "--quiet",
@@ -60,7 +66,7 @@ def test_headless_run_reports_receives_without_failures(
         "--metrics-url", f"http://127.0.0.1:{ready['metrics']}/metrics",
         "-u", str(users), "-r", str(users), "-t", "10s", "--out", str(out),
         "--", "--types", "prices,news", "--keys", "eu,us",
-        "--publish-rate", "25", "--ping-interval", "2",
+        "--publish-rate", "25", "--ping-interval", "2", "--ws-publishers", "1",
     ]  # fmt: skip
     proc = subprocess.run(
         argv,
@@ -77,11 +83,13 @@ def test_headless_run_reports_receives_without_failures(
     failures = {k: int(r["Failure Count"]) for k, r in stats.items() if int(r["Failure Count"])}
     assert not failures, (failures, (out / "locust_failures.csv").read_text())
     connect = stats[("WS", "connect")]
-    assert int(connect["Request Count"]) == users - 1  # every subscriber, once
+    assert int(connect["Request Count"]) == users - 2  # every subscriber, once
     receives = {name: r for (kind, name), r in stats.items() if name.startswith("receive ")}
     assert set(receives) <= {"receive prices", "receive news"} and receives
     assert sum(int(r["Request Count"]) for r in receives.values()) > 500
-    assert int(stats[("WS", "subscribe")]["Request Count"]) == users - 1
+    assert int(stats[("WS", "subscribe")]["Request Count"]) == users - 2
+    assert int(stats[("WS", "publisher connect")]["Request Count"]) == 1
+    assert int(stats[("WS", "publish")]["Request Count"]) > 100
     assert int(stats[("WS", "ping")]["Request Count"]) > 0
     assert int(stats[("POST", "/api/publish")]["Request Count"]) > 100
     # latencies are publish-to-receive on one machine: milliseconds, not seconds
@@ -98,7 +106,7 @@ def test_headless_run_reports_receives_without_failures(
     with (out / "server_metrics.csv").open(newline="") as f:
         samples = list(csv.DictReader(f))
     assert len(samples) >= 8
-    assert max(float(s["connections"] or 0) for s in samples) == users - 1
+    assert max(float(s["connections"] or 0) for s in samples) == users - 1  # + publisher
     assert max(float(s["delivered"] or 0) for s in samples) > 500
     report = (out / "report.md").read_text()
     assert "| WS | connect |" in report and "![" in report and "None." in report
