@@ -128,10 +128,17 @@ def now_ms() -> float:
 def _init(environment, **_kw) -> None:
     if environment.parsed_options is not None:
         opts = environment.parsed_options
-        Publisher.fixed_count = max(0, opts.publishers)
-        Publisher.wait_time = constant_throughput(opts.publish_rate)
-        WsPublisher.fixed_count = max(0, opts.ws_publishers)
-        WsPublisher.wait_time = constant_throughput(opts.publish_rate)
+        # A publisher class is in the run only with a count: Locust would
+        # otherwise weigh a fixed_count of 0 like a subscriber's weight and
+        # make half the users publishers.
+        for cls, count in ((Publisher, opts.publishers), (WsPublisher, opts.ws_publishers)):
+            cls.fixed_count = max(0, count)
+            cls.wait_time = constant_throughput(opts.publish_rate)
+            present = cls in environment.user_classes
+            if cls.fixed_count and not present:
+                environment.user_classes.append(cls)
+            elif not cls.fixed_count and present:
+                environment.user_classes.remove(cls)
 
 
 class Closed(Exception):
@@ -382,6 +389,7 @@ class Publisher(FastHttpUser):
     """POST /api/publish, one message per request, at --publish-rate per user."""
 
     fixed_count = 1
+    weight = 0  # never weighed against subscribers: see _init
     wait_time = constant_throughput(20)
 
     def on_start(self) -> None:
@@ -415,6 +423,7 @@ class WsPublisher(User):
     trip), an error reply or a close a failure. --ws-publishers of them."""
 
     fixed_count = 0
+    weight = 0  # in the run only with --ws-publishers: see _init
     wait_time = constant_throughput(20)
 
     def on_start(self) -> None:
