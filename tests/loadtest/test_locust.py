@@ -113,3 +113,66 @@ def test_headless_run_reports_receives_without_failures(
 
     assert server.alive()
     assert server.log_problems() == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(90)
+def test_the_web_ui_starts_a_swarm_and_shows_ws_events(server: ServerProcess) -> None:
+    import json
+    import time
+    import urllib.parse
+    import urllib.request
+
+    locust = Path(sys.executable).with_name("locust")
+    port = _free_port()
+    ui = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    proc = subprocess.Popen(
+        [str(locust), "-f", str(REPO / "loadtest" / "locustfile.py"),
+         "--web-host", "127.0.0.1", "--web-port", str(port),
+         "-H", f"http://127.0.0.1:{server.ws_port}",
+         "--api-url", f"http://127.0.0.1:{server.api_port}", "--publish-rate", "20"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with opener.open(ui + "/", timeout=2) as resp:
+                    assert resp.status == 200 and b"<title>Locust" in resp.read()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no web UI"
+                time.sleep(0.2)
+        form = urllib.parse.urlencode({"user_count": 6, "spawn_rate": 6}).encode()
+        with opener.open(ui + "/swarm", data=form, timeout=5) as resp:
+            assert json.loads(resp.read())["success"], "swarm refused"
+        deadline = time.monotonic() + 20
+        while True:
+            with opener.open(ui + "/stats/requests", timeout=5) as resp:
+                stats = json.loads(resp.read())
+            names = {(r["method"], r["name"]): r for r in stats["stats"]}
+            got = names.get(("WS", "receive prices"), {}).get("num_requests", 0) + names.get(
+                ("WS", "receive news"), {}
+            ).get("num_requests", 0)
+            if names.get(("WS", "connect"), {}).get("num_requests") == 5 and got > 20:
+                break
+            assert time.monotonic() < deadline, names
+            time.sleep(0.5)
+        assert not stats["errors"], stats["errors"]
+        with opener.open(ui + "/stop", data=b"", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
