@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test test-pure lint setup system-deps bench clean annotate
+.PHONY: run test test-pure lint setup system-deps bench loadtest clean annotate
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: setup system-deps lint
 annotate: $(BIN)/python
 	AIOSRV_CYTHON_ANNOTATE=1 $(BIN)/pip install --quiet -e .
 	@echo "annotations: build/cython/aiosrv/_fanout_c.html, build/cython/aiosrv/_wire_c.html"
+
+# A Locust scenario against a server it starts (loadtest/README.md), e.g.
+#   make loadtest ARGS="--scenario ramp -u 2000 -t 60s"
+loadtest: setup
+	bash loadtest/run.sh --start-server $(ARGS)
 
 bench: setup
 	bash bench/setup.sh
