@@ -1,4 +1,5 @@
-"""Command line: ``aiosrv serve``, ``aiosrv check-config FILE``, ``aiosrv version``."""
+"""Command line: ``aiosrv serve``, ``aiosrv check-config FILE``, ``aiosrv doctor``,
+``aiosrv version``."""
 
 from __future__ import annotations
 
@@ -96,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-env", action="store_true", help="also apply the current environment variables"
     )
 
+    d = sub.add_parser(
+        "doctor",
+        help="check the host's limits (open files, somaxconn, ...) against max_connections",
+        description="Check this host's limits (RLIMIT_NOFILE, somaxconn, tcp_max_syn_backlog, "
+        "ip_local_port_range, fs.file-max) against websocket.max_connections, configured as "
+        "for serve. One line per check, OK or WARN with what to do. Exit status 0 when all "
+        "are OK, 1 when one is not.",
+    )
+    d.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
+    d.add_argument("--max-connections", help="connection limit (websocket.max_connections)")
+    d.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key"
+    )
+
     sub.add_parser("version", help="print the version and which core is installed")
     return p
 
@@ -160,6 +175,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .doctor import evaluate, read_host
+
+    try:
+        config = load_config(args.config, None, overrides_from(args))
+    except ConfigError as exc:
+        print("aiosrv: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    max_connections = config.websocket.max_connections
+    checks = evaluate(read_host(), max_connections)
+    print(f"aiosrv doctor: max_connections {max_connections}")
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
+
+
 def cmd_version() -> int:
     from .fanout import IMPLEMENTATION
 
@@ -175,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args, given)
     if args.command == "check-config":
         return cmd_check_config(args)
+    if args.command == "doctor":
+        return cmd_doctor(args)
     if args.command == "version":
         return cmd_version()
     parser.print_help()

@@ -31,6 +31,7 @@ from . import identity as ident
 from .app import create_app
 from .auth import exposure_warnings
 from .config import Config, ConfigError, inert_settings, listeners
+from .doctor import needed_fds, nofile_warning, raise_nofile
 from .guard import GuardedRunner, GuardUnsupported, check_aiohttp_guard
 from .identity import Identity
 from .listen import AcceptSite, AcceptWatch, server_ssl_context
@@ -248,6 +249,18 @@ def tag_log_lines(identity: Identity) -> None:
         handler.setFormatter(fmt)
 
 
+def check_nofile(max_connections: int) -> None:
+    """Raise the soft open-files limit to the hard one (before listening); log
+    both, and warn when max_connections cannot be reached within them."""
+    before, soft, hard = raise_nofile()
+    log.info("open files limit: soft %s%s, hard %s; max_connections %d needs %d",
+             soft, f" (raised from {before})" if before != soft else "", hard,
+             max_connections, needed_fds(max_connections))  # fmt: skip
+    warning = nofile_warning(soft, max_connections)
+    if warning:
+        log.warning("%s", warning)
+
+
 def serve(
     config: Config,
     *,
@@ -277,6 +290,7 @@ def serve(
     log.info("starting aiosrv on %s, config %s", loop_name, config.source_path or "(defaults)")
     for note in inert_settings(config):
         log.warning("config: %s", note)
+    check_nofile(config.websocket.max_connections)
     for note in exposure_warnings(
         config.security.enable_auth, bool(config.api.token), config.websocket.host,
         config.api.host,

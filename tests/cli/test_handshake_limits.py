@@ -123,8 +123,8 @@ LOW_NOFILE = 64
 
 
 def low_nofile() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, hard))
+    # hard too: serve raises its soft limit to the hard one at start
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, LOW_NOFILE))
 
 
 @pytest.mark.parametrize("loop", LOOPS)
