@@ -213,6 +213,13 @@ class ServerCollector:
                 "Messages missed in a gap the history no longer held.",
                 b["gaps_lost"],
             )
+            yield counter(
+                "aiosrv_broker_resets",
+                "Times Redis lost its data (restarted empty, failover to a replica "
+                "without it): numbering started again, recovering clients got "
+                "recovered: false.",
+                b["resets"],
+            )
             yield gauge("aiosrv_broker_listened_types", "Types received.", b["listened_types"])
         health = 1.0 if s.health()[0] else 0.0
         yield gauge("aiosrv_healthy", "1 when /health answers 200.", health)
