@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Apply an aiosrv sysctl profile: docs/operations.md, "OS tuning".
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 USAGE="usage: sysctl/apply.sh [--profile 10k|100k|FILE] [--dry-run] [--root DIR]

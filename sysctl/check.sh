@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compare this host with an aiosrv sysctl profile: docs/operations.md, "OS tuning".
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 USAGE="usage: sysctl/check.sh [--profile 10k|100k|FILE] [--pid PID] [--root DIR]
@@ -63,7 +64,7 @@ for f in "$ETC/security/limits.conf" "$ETC"/security/limits.d/*.conf; do
     [ -r "$f" ] || continue
     while read -r domain type item value _; do
         case "$domain" in '#'*|'') continue ;; esac
-        [ "$domain" = '*' ] && [ "$item" = nofile ] || continue
+        if [ "$domain" != '*' ] || [ "$item" != nofile ]; then continue; fi
         case "$type" in
             soft) conf_soft="$value" ;;
             hard) conf_hard="$value" ;;

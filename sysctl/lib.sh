@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are for the scripts sourcing it
 # Shared by apply.sh and check.sh: options, profiles and how a current value
 # compares with a wanted one. Sourced, not run.
 

@@ -230,3 +230,13 @@ def test_unknown_arguments_and_profiles_are_refused(tmp_path: Path) -> None:
     assert "no such profile" in run("check.sh", "--profile", "5k", root=root).stderr
     assert run("apply.sh", "--bogus", root=root).returncode == 2
     assert "usage: sysctl/apply.sh" in run("apply.sh", "--help", root=root).stdout
+
+
+def test_the_scripts_parse_and_pass_shellcheck() -> None:
+    scripts = [str(SYSCTL / name) for name in ("apply.sh", "check.sh", "lib.sh")]
+    for script in scripts:
+        assert subprocess.run(["bash", "-n", script]).returncode == 0, script
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
