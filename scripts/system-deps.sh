@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the real programs the test suite drives (redis-server; chromium for
 # the browser test; promtool, from Debian's prometheus package, for the alert
-# rule and scrape config tests in tests/ops), from Debian's packages,
+# rule and scrape config tests in tests/ops; shellcheck for the sysctl
+# scripts), from Debian's packages,
 # when they are missing. Tests never skip for a missing program: they fail
 # with a message that points here.
 set -e
@@ -9,6 +10,7 @@ need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v shellcheck >/dev/null 2>&1 || need="$need shellcheck"
 if [ -n "$need" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing:$need"

@@ -237,6 +237,6 @@ def test_the_scripts_parse_and_pass_shellcheck() -> None:
     for script in scripts:
         assert subprocess.run(["bash", "-n", script]).returncode == 0, script
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed")
+        pytest.fail("shellcheck is not installed: run `make system-deps` (scripts/system-deps.sh)")
     result = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
