@@ -3,8 +3,9 @@
 It lists the largest allocation sites (tracemalloc), the most numerous object
 types (gc) and the per-connection buffer totals of the fan-out core. Taking
 allocation sites needs tracemalloc running: with ``diagnostics.tracemalloc``
-it runs from start-up; otherwise the first report starts it and later reports
-show what was allocated since.
+it runs from start-up and every report lists the sites. Otherwise the report
+says tracemalloc is off and never starts it: tracing slows every allocation
+and grows memory, and a report must not leave it on for good.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ def memory_report(server: Server) -> list[str]:
     lines.append(f"memory report: gc objects={sum(counts.values())} counts={gc.get_count()}")
     for name, n in counts.most_common(TOP):
         lines.append(f"memory report: objects {name}: {n}")
-    if tracemalloc.is_tracing():
+    tracing = tracemalloc.is_tracing()
+    lines.append(
+        "memory report: tracemalloc="
+        + ("on" if tracing else "off (set diagnostics.tracemalloc to list allocation sites)")
+    )
+    if tracing:
         snap = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]
         )
@@ -58,10 +64,4 @@ def memory_report(server: Server) -> list[str]:
                 f"memory report: allocation site {frame.filename}:{frame.lineno} "
                 f"size={stat.size / 1024:.1f} KiB count={stat.count}"
             )
-    else:
-        tracemalloc.start(1)
-        lines.append(
-            "memory report: tracemalloc started now; the next report lists allocation sites "
-            "(set diagnostics.tracemalloc to trace from start-up)"
-        )
     return lines
