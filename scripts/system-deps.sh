@@ -2,7 +2,8 @@
 # Install the real programs the test suite drives (redis-server; chromium for
 # the browser test; promtool, from Debian's prometheus package, for the alert
 # rule and scrape config tests in tests/ops; shellcheck for the sysctl
-# scripts; logrotate for the deploy/logrotate rule), from Debian's packages,
+# scripts; logrotate for the deploy/logrotate rule; systemd-analyze, from
+# Debian's systemd package, for the deploy/systemd unit), from Debian's packages,
 # when they are missing. Tests never skip for a missing program: they fail
 # with a message that points here.
 set -e
@@ -12,6 +13,7 @@ command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v shellcheck >/dev/null 2>&1 || need="$need shellcheck"
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need="$need logrotate"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 if [ -n "$need" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing:$need"
