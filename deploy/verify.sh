@@ -12,6 +12,8 @@
 # Needs curl and jq, and a Python with aiohttp (the server's own venv: PYTHON,
 # else the venv next to this script, else python3). API_TOKEN: the bearer for
 # /api/publish when api.token is set (without it, publish from loopback only).
+# WS_TOKEN: the WebSocket's bearer (security.auth_token or a JWT) when
+# security.enable_auth is on.
 # VERIFY_TIMEOUT: seconds per step (default 10).
 set -u
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -74,7 +76,9 @@ async def main() -> str:
     timeout = aiohttp.ClientTimeout(total=TIMEOUT * 3)
     async with aiohttp.ClientSession(timeout=timeout) as s:
         try:
-            ws = await s.ws_connect(WS)
+            ws_token = os.environ.get("WS_TOKEN")
+            ws_headers = {"Authorization": f"Bearer {ws_token}"} if ws_token else {}
+            ws = await s.ws_connect(WS, headers=ws_headers)
         except aiohttp.WSServerHandshakeError as e:
             raise SystemExit(f"WebSocket {WS}: handshake refused: HTTP {e.status} {e.message}")
         except (aiohttp.ClientError, OSError) as e:

@@ -155,3 +155,22 @@ def test_verify_unhealthy_and_unreachable(broker_down: ServerProcess) -> None:
     r = run(VERIFY, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/realtime")
     assert r.returncode == 1
     assert r.stdout.startswith("FAILED: health check: UNHEALTHY: no answer"), r.stdout
+
+
+def test_verify_with_auth() -> None:
+    srv = start_server(
+        env={"AUTH_TOKEN": "ws-secret", "API_TOKEN": "api-secret"},
+        settings={"security.enable_auth": "true"},
+    )
+    try:
+        r = run(VERIFY, srv.api(""), srv.ws_url(), WS_TOKEN="ws-secret", API_TOKEN="api-secret")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines()[-1] == "verified"
+        r = run(VERIFY, srv.api(""), srv.ws_url(), API_TOKEN="api-secret")
+        assert r.returncode == 1
+        assert "handshake refused: HTTP 401" in r.stdout, r.stdout
+        r = run(VERIFY, srv.api(""), srv.ws_url(), WS_TOKEN="ws-secret", API_TOKEN="wrong")
+        assert r.returncode == 1
+        assert "POST " in r.stdout and "/api/publish: HTTP 401" in r.stdout, r.stdout
+    finally:
+        srv.cleanup()
