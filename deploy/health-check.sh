@@ -6,6 +6,8 @@
 # draining, broker down, broadcast queue full; or no answer at all). Prints
 # the status and, when unhealthy, the reason and every failing check from
 # /health's JSON. Needs curl and jq. HEALTH_TIMEOUT: seconds (default 5).
+# A draining instance (SIGTERM) closes its listeners first: it reports "no
+# answer" to new connections, which is unhealthy as well.
 set -u
 if [ $# -ne 1 ]; then
     echo "usage: $0 URL   (e.g. http://127.0.0.1:8080)" >&2
@@ -37,7 +39,7 @@ if ! summary=$(jq -r '
         (if .checks.draining == true then "check draining: the instance is shutting down" else empty end),
         (.checks // {} | to_entries[]
             | select((.value | type) == "object" and .value.ok == false)
-            | "check \(.key): \(.value.reason // "failed")")
+            | "check \(.key): \(.value.reason // "not ok \(.value | del(.ok) | tojson)")")
     ' "$body" 2>/dev/null); then
     echo "UNHEALTHY: HTTP $code from $url, not /health's JSON: $(head -c 200 "$body")"
     exit 1

@@ -10,12 +10,18 @@ installs it; without it the test fails).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +180,58 @@ def test_verify_with_auth() -> None:
         assert "POST " in r.stdout and "/api/publish: HTTP 401" in r.stdout, r.stdout
     finally:
         srv.cleanup()
+
+
+@contextmanager
+def stub_health(code: int, body: dict[str, Any]) -> Iterator[str]:
+    """An HTTP server on a free loopback port answering /health with ``code`` and ``body``."""
+    data = json.dumps(body).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_health_check_draining_and_connection_limit(healthy: ServerProcess) -> None:
+    """A draining answer (its listeners close at once, so a live one is the
+    "no answer" above) and one at the connection limit (still healthy), built
+    from a live server's /health body the way aiosrv.stats.health_snapshot
+    would change it."""
+    with urllib.request.urlopen(healthy.api("/health"), timeout=10) as r:
+        real = json.load(r)
+    draining = json.loads(json.dumps(real))
+    draining.update(status="unhealthy", reason="draining: the server is shutting down")
+    draining["checks"]["draining"] = True
+    with stub_health(503, draining) as url:
+        r = run(HEALTH, url)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[1:] == [
+        "status: unhealthy",
+        "reason: draining: the server is shutting down",
+        "check draining: the instance is shutting down",
+    ], r.stdout
+    full = json.loads(json.dumps(real))
+    full["checks"]["connections"].update(ok=False, active=10000, limit=10000)
+    with stub_health(200, full) as url:
+        r = run(HEALTH, url)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[1:] == [
+        "status: healthy",
+        'check connections: not ok {"active":10000,"handshakes_in_progress":0,"limit":10000}',
+    ], r.stdout
