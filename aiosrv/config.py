@@ -444,7 +444,12 @@ class SourcesConfig:
 @dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     grace_period: float = _key("duration", 10.0, "SHUTDOWN_GRACE_PERIOD", LIVE,
-        "Seconds connections get to finish once shutdown begins.", minimum=0)
+        "Seconds connections get to finish once shutdown begins.", minimum=0,
+        at_least="shutdown.drain_window")
+    drain_window: float = _key("duration", 0.0, "SHUTDOWN_DRAIN_WINDOW", LIVE,
+        "Seconds over which shutdown spreads its 1001 closes, each client at a random "
+        "moment, so they do not all reconnect at once; 0 closes everyone at once.",
+        minimum=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,9 +134,14 @@ class Runner:
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
 
     def request_stop(self, why: str = "") -> None:
+        """The first request drains (over ``shutdown.drain_window``); a second
+        one, while the drain is spread out, closes the remaining clients now."""
         if not self._stop.is_set():
             log.info("%s received: draining and shutting down", why or "stop")
-        self._stop.set()
+            self._stop.set()
+        else:
+            log.info("%s received again: not waiting for the drain window", why or "stop")
+            self.server.hasten_drain()
 
     def _on_hup(self) -> None:
         log.info("SIGHUP received: reloading configuration")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Mapping
@@ -26,7 +27,7 @@ from . import __version__
 from .auth import Principal, SecurityPolicy, client_address
 from .broker import Broker, Publication
 from .broker_memory import MemoryBroker
-from .clock import Clock, LoopClock
+from .clock import Clock, LoopClock, Timer
 from .config import Change, Config, ConfigError, apply_live, diff_config, load_config
 from .counters import Counters, Sampler
 from .errors import MAX_TRACKED_ADDRESSES, ClientError, CloseCode, ErrorCode
@@ -160,6 +161,8 @@ class Server:
         #: client answers the close frame or CLOSE_TIMEOUT passes
         self.closing_connections: set[Client] = set()
         self.draining = False
+        #: the closes shutdown has spread over shutdown.drain_window, not yet due
+        self._drain_timers: list[Timer] = []
         self.started = False
         self.started_at = self.clock.time()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -275,26 +278,58 @@ class Server:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def shutdown(self, grace: float | None = None) -> None:
+    async def shutdown(self, grace: float | None = None, window: float | None = None) -> None:
         """Close every client with 1001 after flushing what is queued for it,
-        then stop the background tasks and the broker, within ``grace`` seconds."""
-        if grace is None:
-            grace = self.config.shutdown.grace_period
+        then stop the background tasks and the broker, within ``grace`` seconds.
+
+        With a drain ``window`` (``shutdown.drain_window``) the closes are
+        spread over it: the clients in a random order, each at a random moment
+        of its own equal slice of the window, so they reconnect elsewhere at an
+        even rate instead of all at once. Clients not yet closed keep receiving
+        meanwhile. :meth:`hasten_drain` (a second SIGTERM) closes the rest now."""
+        settings = self.config.shutdown
+        grace = settings.grace_period if grace is None else grace
+        window = min(settings.drain_window if window is None else window, grace)
         self.draining = True
         clock = self.clock
         deadline = clock.time() + grace
         # fan out what is already queued, so in-flight messages are delivered
         self.hub.drain_now(deadline)
-        for conn in list(self.connections.values()):
-            conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
+        conns = list(self.connections.values())
+        if window > 0 and len(conns) > 1:
+            log.info("draining %d connections over %.3g s", len(conns), window)
+            random.shuffle(conns)
+            slice_ = window / len(conns)
+            self._drain_timers = [
+                clock.call_later(slice_ * (i + random.random()), self._drain_one, conn)
+                for i, conn in enumerate(conns)
+            ]
+        else:
+            for conn in conns:
+                self._drain_one(conn)
         # wait for the close frames to be written (not for the clients' answers)
         while (
             self.connections or self._tasks or any(c.unwritten() for c in self.closing_connections)
         ) and clock.time() < deadline:
             await asyncio.sleep(0.02)
+        self.hasten_drain()
         for conn in [*self.connections.values(), *self.closing_connections]:
             conn.end(abort=conn.unwritten() > 0)  # after the grace period: abort
         await self.stop()
+
+    def _drain_one(self, conn: Client) -> None:
+        if conn.id in self.connections:  # not gone by itself meanwhile
+            conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
+
+    def hasten_drain(self) -> None:
+        """Close now every client whose spread-out shutdown close is not due yet."""
+        timers, self._drain_timers = self._drain_timers, []
+        for timer in timers:
+            timer.cancel()
+        if timers and self.connections:
+            log.info("closing the %d connections still open at once", len(self.connections))
+        for conn in list(self.connections.values()):
+            self._drain_one(conn)
 
     async def stop(self) -> None:
         if not self.started:

@@ -134,6 +134,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "sources.interval": 1.0,
     "sources.max_silence": 5.0,
     "shutdown.grace_period": 10.0,
+    "shutdown.drain_window": 0.0,
     "process.workers": 1,
     "diagnostics.tracemalloc": False,
     "service_discovery.backend": "none",
@@ -247,6 +248,7 @@ def test_cross_key_bounds_name_keys_of_the_same_kind() -> None:
     assert bounded == {
         "websocket.heartbeat_timeout": "websocket.heartbeat_interval",
         "scaling.max_instances": "scaling.min_instances",
+        "shutdown.grace_period": "shutdown.drain_window",
     }
     for path, low in bounded.items():
         assert FIELDS_BY_PATH[low].type == FIELDS_BY_PATH[path].type
@@ -626,6 +628,7 @@ ENV_SAMPLES: list[tuple[str, str, str, Any]] = [
     ("SOURCES_INTERVAL", "250ms", "sources.interval", 0.25),
     ("SOURCES_MAX_SILENCE", "30", "sources.max_silence", 30.0),
     ("SHUTDOWN_GRACE_PERIOD", "0", "shutdown.grace_period", 0.0),
+    ("SHUTDOWN_DRAIN_WINDOW", "5s", "shutdown.drain_window", 5.0),
     ("WORKERS", "3", "process.workers", 3),
     ("TRACEMALLOC", "TRUE", "diagnostics.tracemalloc", True),
     ("CONSUL_HOST", "consul.example.com", "service_discovery.consul_host", "consul.example.com"),
@@ -978,6 +981,7 @@ def test_live_flags_match_the_schema() -> None:
         "sources.interval",
         "sources.max_silence",
         "shutdown.grace_period",
+        "shutdown.drain_window",
     }
     assert {spec.path for spec in FIELDS if spec.secret} == {
         "api.token",
@@ -1143,3 +1147,12 @@ def test_worker_identity_from_the_environment() -> None:
     for bad in ("2/4", "5/4:1:2", "0/1:1:2", "x"):
         with pytest.raises(ValueError, match="AIOSRV_WORKER"):
             identity.parse(bad)
+
+
+def test_drain_window_longer_than_the_grace_period_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "shutdown:\n  grace_period: 5s\n  drain_window: 8s\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    problem = problems_of(info)["shutdown.grace_period"]
+    assert "must be at least shutdown.drain_window (8" in problem.reason
+    assert load(path, env={"SHUTDOWN_GRACE_PERIOD": "10s"}).shutdown.drain_window == 8.0

@@ -763,6 +763,33 @@ def test_sigterm_with_no_clients_exits_promptly(serve: StartServer) -> None:
         pass
 
 
+def test_drain_window_spreads_closes_and_a_second_sigterm_ends_it(serve: StartServer) -> None:
+    # an hour's window: the first SIGTERM starts spreading the closes over it,
+    # the second closes everyone still connected at once
+    srv = serve(
+        "--set", "shutdown.grace_period=3600", "--set", "shutdown.drain_window=3600"
+    )
+    clients = [ws_connect(srv.ws_url()) for _ in range(3)]
+    try:
+        for ws in clients:
+            subscribe(ws, "a")
+        srv.send(signal.SIGTERM)
+        wait_until(lambda: "draining 3 connections over 3.6e+03 s" in srv.stderr)
+        assert srv.proc.poll() is None  # still draining
+        srv.send(signal.SIGTERM)
+        codes = [recv_close(ws)[0] for ws in clients]
+        rc = srv.wait_exit(timeout=WATCHDOG)
+    finally:
+        for ws in clients:
+            ws.close()
+    assert codes == [1001, 1001, 1001]
+    assert rc == 0
+    assert "SIGTERM received again: not waiting for the drain window" in srv.stderr
+    # (each close is due at a random moment of its 20-minute slice: one may
+    # have come due already, with odds of about 1 in 1,000)
+    assert re.search(r"closing the [123] connections still open at once", srv.stderr)
+
+
 # --------------------------------------------------------------------------- process title
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
@@ -154,3 +155,91 @@ async def test_shutdown_with_no_clients_is_quick(running_server: StartServer) ->
     running = await running_server()
     await asyncio.wait_for(running.server.shutdown(grace=3600), WATCHDOG)
     assert running.server.started is False
+
+
+# --------------------------------------------------------------------------- drain window
+
+
+async def test_drain_window_spreads_the_closes_in_a_random_order(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    window = 2.0
+    running = await running_server(shutdown__drain_window=window)
+    server = running.server
+    clients = [await ws_client(running) for _ in range(20)]
+    for c in clients:
+        await c.subscribe(["t"])
+    loop = asyncio.get_running_loop()
+    closed_at: dict[int, float] = {}
+    received: dict[int, list[Any]] = {i: [] for i in range(len(clients))}
+
+    async def read(i: int) -> int | None:
+        """Everything client ``i`` receives, then when and how it was closed."""
+        try:
+            async for raw in clients[i].ws:
+                received[i].append(orjson.loads(raw)["payload"])
+        finally:
+            closed_at[i] = loop.time()
+        return clients[i].ws.close_code
+
+    readers = [asyncio.create_task(read(i)) for i in range(len(clients))]
+    start = loop.time()
+    task = asyncio.create_task(server.shutdown(grace=3600))
+    # halfway through, the clients not yet closed still receive what is published
+    await asyncio.sleep(window / 2)
+    open_then = [i for i in range(len(clients)) if i in server_ids_open(server, clients)]
+    assert 0 < len(open_then) < len(clients)
+    await server.publish("t", "still served")
+    await asyncio.wait_for(task, WATCHDOG)
+    codes = await asyncio.gather(*readers)
+    assert codes == [1001] * len(clients)
+    for i in open_then:
+        assert received[i] == ["still served"]
+
+    times = sorted(closed_at.values())
+    # one close in each of the 20 equal slices of the window: spread, not a burst
+    assert times[-1] - times[0] >= window / 2
+    assert times[0] - start < window / 2
+    order = sorted(closed_at, key=closed_at.__getitem__)
+    assert order != list(range(len(clients)))  # not the order they connected in
+    assert server.connections == {}
+    assert server.stats.closes[1001] == len(clients)
+
+
+def server_ids_open(server: Any, clients: list[Any]) -> set[int]:
+    """Which of ``clients`` (by index) the server still holds open, matched by
+    the client's local port."""
+    ports = {int(c.peer.rsplit(":", 1)[1]) for c in server.connections.values()}
+    return {i for i, c in enumerate(clients) if c.ws.local_address[1] in ports}
+
+
+async def test_hasten_drain_closes_the_rest_at_once(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    # a window of an hour: without hastening, shutdown would take it
+    running = await running_server(shutdown__drain_window=3600, shutdown__grace_period=3600)
+    server = running.server
+    clients = [await ws_client(running) for _ in range(4)]
+    for c in clients:
+        await c.ping()
+    task = asyncio.create_task(server.shutdown())
+    await wait_until(lambda: server.draining, what="draining")
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    server.hasten_drain()
+    await asyncio.wait_for(task, WATCHDOG)
+    assert [await c.close_code() for c in clients] == [1001] * 4
+
+
+async def test_drain_window_is_bounded_by_the_grace_period(
+    running_server: StartServer, ws_client: WsConnect
+) -> None:
+    # asked for a longer window than the grace: the closes fit in the grace
+    clock = JumpClock()
+    running = await running_server(clock)
+    server = running.server
+    clients = [await ws_client(running) for _ in range(3)]
+    for c in clients:
+        await c.ping()
+    await asyncio.wait_for(server.shutdown(grace=0.5, window=3600), WATCHDOG)
+    assert [await c.close_code() for c in clients] == [1001] * 3
