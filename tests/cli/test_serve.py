@@ -766,9 +766,7 @@ def test_sigterm_with_no_clients_exits_promptly(serve: StartServer) -> None:
 def test_drain_window_spreads_closes_and_a_second_sigterm_ends_it(serve: StartServer) -> None:
     # an hour's window: the first SIGTERM starts spreading the closes over it,
     # the second closes everyone still connected at once
-    srv = serve(
-        "--set", "shutdown.grace_period=3600", "--set", "shutdown.drain_window=3600"
-    )
+    srv = serve("--set", "shutdown.grace_period=3600", "--set", "shutdown.drain_window=3600")
     clients = [ws_connect(srv.ws_url()) for _ in range(3)]
     try:
         for ws in clients:
