@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.serverproc import ServerProcess, start_server  # noqa: E402
+from tests.serverproc import ServerProcess, start_server
 
 REQUEST = (
     "GET /ws/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -71,7 +71,7 @@ async def one_run(clients: int, window: float, grace: float) -> dict[str, float 
     try:
         closes: list[tuple[float, int]] = []
         tasks = []
-        for i in range(clients):
+        for _ in range(clients):
             ready = asyncio.Event()
             tasks.append(asyncio.create_task(client(srv.ws_port, ready, closes)))
             await ready.wait()
