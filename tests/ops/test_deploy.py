@@ -184,6 +184,12 @@ def test_blue_green_switches_and_drains_the_old_colour(tmp_path: Path, state: Pa
     assert "healthy and verified, version" in r.stdout
     assert f"draining blue (pid {blue_pid}): SIGTERM" in r.stdout
 
+    # docs/operations.md: one instance's pid among several, by its port
+    found = subprocess.run(
+        ["pgrep", "-f", f"^websocket-server ws:{green[0]} "], capture_output=True, text=True
+    )
+    assert found.stdout.split() == [str(green_pid)]
+
     st = deploy(tmp_path, "status", "--state", str(state))
     assert f"green: pid {green_pid}, release {v2}" in st.stdout
     assert "active: green" in st.stdout
