@@ -24,7 +24,7 @@ it; the server sees the client's address (each proxy's clients connect from
 their own 127.0.0.x source address; a forged X-Forwarded-For is not
 believed), in its connection and access log lines; /admin (also spelled in
 ways that normalise to it) and /metrics are refused without reaching the
-server; /ws/stats reaches the API. nginx: plain HTTP redirects to https but
+server; /ws/stats reaches the API; deploy/verify.sh passes. nginx: plain HTTP redirects to https but
 answers /health; TLS 1.2 with the shipped suites; the rate limit answers 429
 to a burst beyond 20.
 
@@ -50,6 +50,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -316,6 +317,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         log_level="INFO",
     )
     try:
+        if os.environ.get("AIOSRV_NO_EXTENSIONS") == "1":
+            assert server.core == "pure-python", server.core
+        elif os.environ.get("AIOSRV_EXPECT_COMPILED") == "1":
+            assert server.core == "compiled", server.core
         status = http_json(f"http://127.0.0.1:{server.api_port}/status")
         assert status["worker"]["pid"] == server.pid
         cert = make_cert(work)
@@ -559,6 +564,22 @@ async def test_subscribe_and_publish_through(stack: Stack, name: str, src: str) 
     wait_log(stack, rf'aiosrv\.access: {src_re} - \S+ \[[^]]+\] "GET /ws/realtime HTTP/1\.1" 101 ')
     wait_log(stack, rf'aiosrv\.access: {src_re} - \S+ \[[^]]+\] "POST /api/publish HTTP/1\.1" 202 ')
     assert FORGED not in server_log(stack)
+
+
+@pytest.mark.parametrize("name", ["caddy", "nginx"])
+def test_verify_script_through(stack: Stack, name: str) -> None:
+    """docs/proxies.md's check after a deploy: deploy/verify.sh against the
+    proxy's URLs (the test certificate trusted through the environment)."""
+    p = stack.proxy(name)
+    env = {
+        **os.environ, "PYTHON": sys.executable, "API_TOKEN": API_TOKEN,
+        "SSL_CERT_FILE": str(stack.cert[0]), "CURL_CA_BUNDLE": str(stack.cert[0]),
+    }  # fmt: skip
+    r = subprocess.run(
+        ["sh", str(REPO / "deploy" / "verify.sh"), p.base, p.ws_url(), stack.status["version"]],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0 and "verified" in r.stdout, r.stdout + r.stderr
 
 
 ADMIN_PATHS = (
