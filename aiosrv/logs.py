@@ -64,7 +64,14 @@ def audit(enabled: bool, level: int, event: str, **fields: object) -> None:
     AUDIT.log(level, "%s: %s", event, " ".join(f"{k}={_show(v)}" for k, v in fields.items()))
 
 
+class LogFileError(Exception):
+    """``logging.file`` cannot be opened (a missing permission, a directory)."""
+
+
 def setup_logging(level: str, file: str | None = None) -> None:
+    """Log to standard error and, with ``file``, to that file too; raises
+    :class:`LogFileError` saying why when the file cannot be opened (standard
+    error is set up by then)."""
     logger = logging.getLogger(_ROOT)
     aio = logging.getLogger("aiohttp")
     for h in list(logger.handlers):
@@ -77,9 +84,20 @@ def setup_logging(level: str, file: str | None = None) -> None:
     logger.addHandler(stderr)
     if file:
         directory = os.path.dirname(file)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fh = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        try:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            fh = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        except OSError as exc:
+            logger.setLevel(level.upper())
+            logger.propagate = False
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError):  # makedirs met a file on the way
+                reason = "Not a directory"
+            where = f" ({exc.filename})" if exc.filename and exc.filename != file else ""
+            raise LogFileError(
+                f"cannot open the log file {file} (logging.file / LOG_FILE): {reason}{where}"
+            ) from None
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.setLevel(level.upper())

@@ -35,7 +35,7 @@ from .doctor import needed_fds, nofile_warning, raise_nofile
 from .guard import GuardedRunner, GuardUnsupported, check_aiohttp_guard
 from .identity import Identity
 from .listen import AcceptSite, AcceptWatch, server_ssl_context
-from .logs import FORMAT, reopen_files, setup_logging
+from .logs import FORMAT, LogFileError, reopen_files, setup_logging
 from .memreport import memory_report
 from .server import Server
 from .upgrade import AiohttpMismatch, check_aiohttp, listening_sockets, stop_listening
@@ -273,7 +273,11 @@ def serve(
     overrides: dict[str, Any] | None = None,
     identity: Identity = ident.ALONE,
 ) -> int:
-    setup_logging(config.logging.level, config.logging.file)
+    try:
+        setup_logging(config.logging.level, config.logging.file)
+    except LogFileError as exc:
+        announce(logging.ERROR, f"aiosrv: {exc}")
+        return 2
     ident.set_current(identity)
     if identity.supervised:
         tag_log_lines(identity)

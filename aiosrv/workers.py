@@ -45,7 +45,7 @@ from typing import Any
 
 from .config import PORT_KEYS, Config, ConfigError, listeners, load_config
 from .identity import WORKER_ENV, Identity
-from .logs import reopen_files, setup_logging
+from .logs import LogFileError, reopen_files, setup_logging
 
 log = logging.getLogger("aiosrv.workers")
 
@@ -450,7 +450,11 @@ def supervise(
 ) -> int:
     """Run ``config.process.workers`` workers of ``aiosrv <serve_argv>``
     under this process until they are stopped; the exit status."""
-    setup_logging(config.logging.level, config.logging.file)
+    try:
+        setup_logging(config.logging.level, config.logging.file)
+    except LogFileError as exc:
+        announce(f"aiosrv: {exc}", logging.ERROR)
+        return 2
     try:
         held, ports = reserve_ports(config)
     except SystemExit as exc:

@@ -388,6 +388,24 @@ def test_a_bad_environment_value_exits_2_naming_key_and_variable(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_a_log_file_that_cannot_be_opened_exits_2_saying_why(tmp_path: Path, where: str) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "plain").write_text("not a directory\n")
+    path = "logs" if where == "a directory" else "plain/websocket-server.log"
+    result = run_aiosrv(
+        "serve", "--port", "0", "--api-port", "0", "--metrics-port", "0",
+        cwd=tmp_path, env=clean_env(LOG_FILE=path),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    reason = "Is a directory" if where == "a directory" else "Not a directory (plain)"
+    assert f"aiosrv: cannot open the log file {path} (logging.file / LOG_FILE): {reason}" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert "aiosrv ready:" not in result.stderr
+
+
 def test_a_bad_flag_value_exits_2(tmp_path: Path) -> None:
     result = run_aiosrv("serve", "--port", "http", "--set", "websocket.prot=1", cwd=tmp_path)
     assert result.returncode == 2
