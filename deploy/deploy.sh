@@ -201,16 +201,19 @@ wait_ready() {  # NAME PORTS RELEASE: healthy, verified, and the pid we started
 }
 
 write_upstreams() {  # PORTS...: the live instances, as nginx upstream blocks
+    # the same blocks as deploy/nginx/upstreams.conf, naming these instances
     [ -n "$upstreams" ] || return 0
     tmp=$upstreams.tmp.$$
     {
         echo "# written by deploy/deploy.sh ($mode) on $(date -u +%Y-%m-%dT%H:%M:%SZ): the live instances"
         echo "upstream websocket_backend {"
         echo "    least_conn;"
-        for ports in "$@"; do echo "    server $host:$(ws_port "$ports");"; done
+        for ports in "$@"; do echo "    server $host:$(ws_port "$ports") max_fails=3 fail_timeout=30s;"; done
         echo "}"
         echo "upstream websocket_api {"
-        for ports in "$@"; do echo "    server $host:$(api_port "$ports");"; done
+        echo "    least_conn;"
+        for ports in "$@"; do echo "    server $host:$(api_port "$ports") max_fails=3 fail_timeout=30s;"; done
+        echo "    keepalive 16;"
         echo "}"
     } >"$tmp" || fail "cannot write $tmp"
     mv "$tmp" "$upstreams" || fail "cannot write $upstreams"

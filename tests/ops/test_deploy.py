@@ -39,6 +39,7 @@ from tests.serverproc import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "deploy.sh"
+SHIPPED_UPSTREAMS = REPO / "deploy" / "nginx" / "upstreams.conf"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -105,6 +106,26 @@ def alive(pid: int) -> bool:
     return stat.split(")")[-1].split()[0] != "Z"
 
 
+def upstream_shape(text: str) -> dict[str, list[str]]:
+    """Each nginx upstream block's directives, with the server addresses taken
+    out: what deploy.sh writes must match deploy/nginx/upstreams.conf."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("upstream ") and line.endswith("{"):
+            current = blocks.setdefault(line.split()[1], [])
+        elif line == "}":
+            current = None
+        elif line and current is not None:
+            words = line.rstrip(";").split()
+            if words[0] == "server":
+                words[1] = "ADDRESS"
+            if words not in [w.split() for w in current]:
+                current.append(" ".join(words))
+    return blocks
+
+
 def slot(ports: list[int]) -> str:
     return ":".join(map(str, ports))
 
@@ -154,7 +175,8 @@ def test_blue_green_switches_and_drains_the_old_colour(tmp_path: Path, state: Pa
     assert (state / "active").read_text().strip() == "blue"
     blue_pid = int((state / "blue.pid").read_text())
     assert running(blue[1]) == (blue_pid, "v1")
-    assert f"server 127.0.0.1:{blue[0]};" in upstreams.read_text()
+    assert f"server 127.0.0.1:{blue[0]} " in upstreams.read_text()
+    assert upstream_shape(upstreams.read_text()) == upstream_shape(SHIPPED_UPSTREAMS.read_text())
     assert switched.read_text() == "switched\n"
 
     # a client of blue, subscribed, when v2 goes out
@@ -178,8 +200,8 @@ def test_blue_green_switches_and_drains_the_old_colour(tmp_path: Path, state: Pa
     assert running(green[1]) == (green_pid, "v2")
     assert not alive(blue_pid)
     text = upstreams.read_text()
-    assert f"server 127.0.0.1:{green[0]};" in text and f"127.0.0.1:{blue[0]}" not in text
-    assert f"server 127.0.0.1:{green[1]};" in text
+    assert f"server 127.0.0.1:{green[0]} " in text and f"127.0.0.1:{blue[0]}" not in text
+    assert f"server 127.0.0.1:{green[1]} " in text
     assert switched.read_text() == "switched\nswitched\n"
     assert "healthy and verified, version" in r.stdout
     assert f"draining blue (pid {blue_pid}): SIGTERM" in r.stdout
