@@ -1,5 +1,5 @@
 """Command line: ``aiosrv serve``, ``aiosrv check-config FILE``, ``aiosrv doctor``,
-``aiosrv version``."""
+``aiosrv health``, ``aiosrv version``."""
 
 from __future__ import annotations
 
@@ -111,8 +111,90 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key"
     )
 
+    h = sub.add_parser(
+        "health",
+        help="ask the local server's /health (the container healthcheck)",
+        description="GET /health of the server configured as for serve (the file, the "
+        "environment, these flags: its api.port, on loopback; https when security.ssl_certfile "
+        "is set), or of --url. Prints the status and, when unhealthy, why. Exit status 0 when "
+        "healthy, 1 when not or when nothing answers, 2 on a configuration problem.",
+    )
+    h.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
+    h.add_argument("--url", help="the API's base URL or its /health, instead of the config's")
+    h.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    h.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key"
+    )
+
     sub.add_parser("version", help="print the version and which core is installed")
     return p
+
+
+def health_url(config: Any) -> str:
+    """Where the server configured by ``config`` answers /health on this host."""
+    host = config.api.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.security.ssl_certfile else "http"
+    return f"{scheme}://{host}:{config.api.port}/health"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from .config import ConfigError, load_config
+
+    url = args.url
+    if url is None:
+        try:
+            config = load_config(args.config, None, overrides_from(args))
+        except ConfigError as exc:
+            print("aiosrv: invalid configuration:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+        if config.api.port == 0:
+            print("aiosrv health: api.port is 0 (chosen at start): give --url", file=sys.stderr)
+            return 2
+        url = health_url(config)
+    elif not url.rstrip("/").endswith("/health"):
+        url = url.rstrip("/") + "/health"
+    # our own server on this host: no proxies from the environment, and its
+    # certificate is not checked (it may be for the public name, or self-signed)
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+    )
+    try:
+        with opener.open(url, timeout=args.timeout) as resp:
+            code, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"unhealthy: no answer from {url}: {reason}")
+        return 1
+    try:
+        body = json.loads(raw)
+        status = body.get("status", "?")
+    except (ValueError, AttributeError):
+        print(f"unhealthy: {url} answered {code} with something that is not /health's JSON")
+        return 1
+    if code == 200 and status == "healthy":
+        print(f"healthy: {url}")
+        return 0
+    why = body.get("reason") or "no reason given"
+    print(f"{status}: {url} answered {code}: {why}")
+    return 1
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(args)
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "health":
+        return cmd_health(args)
     if args.command == "version":
         return cmd_version()
     parser.print_help()
