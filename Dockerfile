@@ -11,9 +11,10 @@
 # tests/ops/test_container.py lints this file with hadolint and runs its
 # steps for real: the RUN lines of both stages (all but the apt-get and
 # user-creation lines, which only make sense inside the image) in fresh venvs,
-# then CMD with this file's ENV, the HEALTHCHECK and STOPSIGNAL. Keep absolute
-# paths in RUN lines behind the ARG/ENV variables below: the test relocates
-# them into a temporary directory.
+# then CMD with this file's ENV, the HEALTHCHECK and STOPSIGNAL; it also
+# checks that ENV sets no configuration variable. Keep absolute paths in RUN
+# lines behind the ARG/ENV variables below: the test relocates them into a
+# temporary directory.
 
 FROM python:3.11-slim-bookworm AS builder
 
@@ -70,29 +71,29 @@ WORKDIR /app
 # directory over /app/config to replace it (the guide's -v $(pwd)/config:/app/config).
 COPY config/deployment.yaml config/deployment.yaml
 
-# The configuration file, then the environment over it (README's table):
-# listeners on every interface of the container, on the ports EXPOSEd below.
-# AIOSRV_EXPECT_COMPILED=1: the server refuses to start on the pure-Python
-# core instead of running several times slower without saying so.
+# The configuration is the file AIOSRV_CONFIG names, then the environment
+# over it, then flags (README's table). The image sets no configuration
+# variable: an environment variable would beat a mounted file (-v
+# $(pwd)/config:/app/config, a Kubernetes ConfigMap), so the file decides,
+# and the shipped one listens on 0.0.0.0:8765, 8080 and 9090 (the ports
+# EXPOSEd below). `docker run -e WEBSOCKET_PORT=...` and the like still
+# override it. AIOSRV_EXPECT_COMPILED=1: the server refuses to start on the
+# pure-Python core instead of running several times slower without saying so.
 ENV AIOSRV_CONFIG=/app/config/deployment.yaml \
-    AIOSRV_EXPECT_COMPILED=1 \
-    WEBSOCKET_HOST=0.0.0.0 \
-    WEBSOCKET_PORT=8765 \
-    API_HOST=0.0.0.0 \
-    API_PORT=8080 \
-    METRICS_PORT=9090 \
-    LOG_LEVEL=INFO
+    AIOSRV_EXPECT_COMPILED=1
 
 USER 10001:10001
 
 EXPOSE 8765 8080 9090
 
-# 200 from GET /health (healthy) exits 0; a 503 (degraded: broker down, queue
-# full; unhealthy: draining), a refused connection or a timeout exits 1.
-# Python, as the slim image has no curl; the port is API_PORT's; proxies in
-# the environment are not used for the container's own loopback.
+# `aiosrv health` loads the configuration as `aiosrv serve` does (the file,
+# the environment, flags), so it asks GET /health on the configured API port
+# on loopback (https when security.ssl_certfile is set), without proxies.
+# 200 (healthy) exits 0; a 503 (degraded: broker down, queue full; unhealthy:
+# draining), a refused connection or no answer within its own 4 s timeout
+# exits 1.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/health' % os.environ.get('API_PORT', '8080'), timeout=4)"]
+    CMD ["aiosrv", "health"]
 
 # SIGTERM drains (clients get 1001) and exits 0 within shutdown.grace_period;
 # give `docker stop -t` / compose's stop_grace_period more than that.

@@ -21,9 +21,13 @@ There is no Docker daemon here, so the image is never built. What is checked:
     earlier stage), ``RUN`` (``/bin/sh -c``, so the builder's ``pip wheel``
     really compiles the Cython core and the runtime's venv install really
     installs those wheels offline), ``ENTRYPOINT`` + ``CMD`` (started with
-    the image's ENV, listeners moved to 127.0.0.1 and free ports through the
-    same variables), ``HEALTHCHECK`` (its exec-form command, run against that
-    server), ``STOPSIGNAL`` (sent to it: it must exit 0);
+    the image's ENV, listeners moved to 127.0.0.1 and free ports either as
+    ``docker run -e`` would, through WEBSOCKET_HOST/PORT, API_HOST/PORT and
+    METRICS_PORT, or by a configuration file mounted where AIOSRV_CONFIG
+    points), ``HEALTHCHECK`` (its exec-form command, ``aiosrv health``, run
+    from the installed venv with the container's environment against that
+    server: exit 0; after ``STOPSIGNAL``, which must end the server with
+    status 0, exit 1);
   - not executed, and why: ``RUN`` lines that start with ``apt-get`` (they
     install Debian packages into the image; this machine's compiler and
     programs come from scripts/system-deps.sh) or with ``groupadd`` /
@@ -36,7 +40,9 @@ There is no Docker daemon here, so the image is never built. What is checked:
     Any other instruction fails the test until it is taught here.
 
   Then: the wheel has the compiled core (built from the current sources) and
-  no compiler dependency, and the runtime venv has no Cython.
+  no compiler dependency, and the runtime venv has no Cython. The image's ENV
+  sets no configuration variable (aiosrv's ENV_VARS): one would beat a
+  mounted configuration file.
 
 * **docker-compose.websocket.yml**: ``docker-compose config`` (Debian's
   docker-compose 1.29, from scripts/system-deps.sh; it needs no daemon)
@@ -44,8 +50,9 @@ There is no Docker daemon here, so the image is never built. What is checked:
   wiring is then checked for real: every mounted ./path exists, the server
   instances' environment names are ones aiosrv reads and, over the image's
   ENV and the mounted config/production.yaml, load with aiosrv's own loader
-  and start the installed server against a real Redis (its healthcheck
-  passes, SIGTERM ends it within stop_grace_period); Caddy's upstream
+  (listeners on every interface) and start the installed server against a
+  real Redis (the image's healthcheck, which finds the API port in that same
+  configuration, passes; SIGTERM ends it within stop_grace_period); Caddy's upstream
   variables are placeholders of deploy/Caddyfile and ``caddy adapt`` turns
   them into the instances' ports; Prometheus' mounted config passes
   ``promtool check config`` with the mounted alert rules and scrapes the
@@ -76,7 +83,8 @@ from typing import Any
 import pytest
 import yaml
 
-from aiosrv.config import CONFIG_PATH_ENV, ENV_VARS, load_config
+from aiosrv.cli import build_parser, health_url
+from aiosrv.config import CONFIG_PATH_ENV, ENV_VARS, FIELDS, listeners, load_config
 from tests.cli.conftest import READY_RE, free_ports
 from tests.redis_support import RedisServer
 
@@ -569,15 +577,37 @@ def test_only_image_only_lines_are_skipped(image: Image) -> None:
     exposed = {int(p) for p in runtime.other["EXPOSE"].args.split()}
     assert exposed == {config.websocket.port, config.api.port, config.monitoring.metrics_port}
     assert exposed == {8765, 8080, 9090}
-    assert config.websocket.host == config.api.host == "0.0.0.0"
-    # the healthcheck asks /health on the port API_PORT sets
+    assert {host for host, _, _ in listeners(config)} == {"0.0.0.0"}
+    # the healthcheck is `aiosrv health` with no flag: it loads the configuration
+    # as serve does (no --url, --config or --set that could point elsewhere),
+    # and gives up before Docker's timeout does
     hc = parse_healthcheck(runtime.other["HEALTHCHECK"].args)
-    assert hc.argv[0] == "python" and "/health" in hc.argv[-1] and "API_PORT" in hc.argv[-1]
-    assert runtime.env_image["API_PORT"] == str(config.api.port)
+    assert hc.argv == ["aiosrv", "health"], hc.argv
+    assert build_parser().parse_args(hc.argv[1:]).timeout < hc.seconds("timeout")
+    assert health_url(config) == f"http://127.0.0.1:{config.api.port}/health"
     assert runtime.other["STOPSIGNAL"].args == "SIGTERM"
     # the build context carries no local build products
     leftovers = [p for p in image.context.rglob("*") if p.suffix == ".so" or p.name == "build"]
     assert not leftovers and not (image.context / ".venv").exists(), leftovers
+
+
+def test_the_image_sets_no_configuration_variable(image: Image) -> None:
+    """Environment variables beat the configuration file: a listener, port or
+    level set in the image's ENV would silently override a configuration
+    mounted over /app/config (docker run -v, compose, a Kubernetes ConfigMap).
+    The image names the file (AIOSRV_CONFIG) and nothing else; `docker run -e`
+    remains the operator's way to override it."""
+    runtime = image.runtime
+    assert set(runtime.env_image) & set(ENV_VARS) == set(), sorted(
+        set(runtime.env_image) & set(ENV_VARS)
+    )
+    assert CONFIG_PATH_ENV in runtime.env_image
+    # so the container's configuration is the file's, value for value
+    path = runtime.host(runtime.env_image[CONFIG_PATH_ENV])
+    alone = load_config(path, env={})
+    in_image = load_config(env=image_config_env(image))
+    changed = [spec.path for spec in FIELDS if in_image.get(spec.path) != alone.get(spec.path)]
+    assert not changed, changed
 
 
 def core_digest() -> str:
@@ -636,31 +666,52 @@ def test_the_wheel_has_the_compiled_core_and_no_compiler(image: Image) -> None:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("moved_by", ["docker run -e", "mounted config"])
 def test_the_image_serves_passes_its_healthcheck_and_stops(
-    image: Image, containers: list[Container]
+    image: Image, containers: list[Container], moved_by: str, tmp_path: Path
 ) -> None:
+    """The listeners move to 127.0.0.1 and free ports the two ways an operator
+    moves them: variables (`docker run -e`), or a configuration file mounted
+    over /app/config. Either way the image's healthcheck finds the API by
+    itself, through the same configuration as the server."""
     env = image.container_env(image.tmp / "home")
     ws, api, metrics = free_ports(3)
     moved = {
         "WEBSOCKET_HOST": "127.0.0.1", "WEBSOCKET_PORT": str(ws),
         "API_HOST": "127.0.0.1", "API_PORT": str(api), "METRICS_PORT": str(metrics),
     }  # fmt: skip
-    assert set(moved) <= set(env), "the test only moves what the image sets"
-    env.update(moved)
-    c = start_container(image, "single", env)
+    assert not set(moved) & set(env), "the image sets none of them"
+    if moved_by == "docker run -e":
+        env.update(moved)
+    else:
+        # -v ./config:/app/config: the shipped file, with other listeners
+        shipped = Path(env[CONFIG_PATH_ENV])
+        data = yaml.safe_load(shipped.read_text())
+        data["websocket"].update(host="127.0.0.1", port=ws)
+        data["api"].update(host="127.0.0.1", port=api)
+        data["monitoring"]["metrics_port"] = metrics
+        mounted = tmp_path / "config" / shipped.name
+        mounted.parent.mkdir()
+        mounted.write_text(yaml.safe_dump(data))
+        env[CONFIG_PATH_ENV] = str(mounted)
+    name = "single-env" if moved_by == "docker run -e" else "single-mounted"
+    c = start_container(image, name, env)
     containers.append(c)
     assert (c.ready["ws"], c.ready["api"], c.ready["metrics"]) == (str(ws), str(api), str(metrics))
     assert c.ready["core"] == "compiled" and c.ready["broker"] == "memory"
     check_is_mine(c)
+    url = f"http://127.0.0.1:{api}/health"
     hc = run_healthcheck(image, c)
-    assert hc.returncode == 0, hc.stdout + hc.stderr
+    assert (hc.returncode, hc.stdout) == (0, f"healthy: {url}\n"), hc.stdout + hc.stderr
     grace = load_config(env=env).shutdown.grace_period
     assert stop_container(image, c, within=grace + 10) == 0
     log = c.log.read_text()
     assert "aiosrv stopped" in log and "Traceback" not in log, log
     assert (c.workdir / "logs" / "websocket-server.log").read_text().count("aiosrv ready:") == 1
-    # and the same healthcheck fails once nothing answers
-    assert run_healthcheck(image, c).returncode != 0
+    # and the same healthcheck fails, with status 1, once nothing answers
+    hc = run_healthcheck(image, c)
+    assert hc.returncode == 1, hc.stdout + hc.stderr
+    assert hc.stdout.startswith(f"unhealthy: no answer from {url}: "), hc.stdout
 
 
 # --------------------------------------------------------------------------- compose
@@ -780,10 +831,12 @@ def test_compose_servers_environment_loads(image: Image, resolved: dict[str, Any
         # the drain fits in the grace period, which fits in Docker's patience
         drain, grace = config.shutdown.drain_window, config.shutdown.grace_period
         assert 0 < drain <= grace < seconds(service["stop_grace_period"]), (drain, grace)
-        # the image's healthcheck reads API_PORT, which must be the API's port
-        assert service["environment"].get("API_PORT", image.runtime.env_image["API_PORT"]) == str(
-            config.api.port
-        )
+        # Caddy and Prometheus reach the listeners from other containers
+        assert {host for host, _, _ in listeners(config)} == {"0.0.0.0"}, listeners(config)
+        # the image's healthcheck (`aiosrv health`) loads this same configuration:
+        # it asks the API's port of the mounted file and this environment
+        assert "healthcheck" not in service
+        assert health_url(config) == f"http://127.0.0.1:{config.api.port}/health"
 
 
 @pytest.mark.timeout(900)
@@ -806,7 +859,9 @@ def test_a_compose_server_runs_with_its_environment(
     _, body = http_json(f"http://127.0.0.1:{api}/status")
     assert body["environment"] == "production" and body["broker"] == "redis", body
     hc = run_healthcheck(image, c)
-    assert hc.returncode == 0, hc.stdout + hc.stderr
+    assert (hc.returncode, hc.stdout) == (0, f"healthy: http://127.0.0.1:{api}/health\n"), (
+        hc.stdout + hc.stderr
+    )
     stop = seconds(resolved["services"]["websocket-server-1"]["stop_grace_period"])
     assert stop_container(image, c, within=stop) == 0
     assert "Traceback" not in c.log.read_text()

@@ -335,8 +335,8 @@ def test_configmap_loads_with_the_servers_loader(tmp_path: Path) -> None:
     pod = loaded(tmp_path)
     secrets = {spec.path for spec in FIELDS if spec.secret}
     changed = {spec.path for spec in FIELDS if pod.get(spec.path) != alone.get(spec.path)}
-    # the environment adds secrets and nothing else: no image ENV hides a
-    # ConfigMap value (the Deployment blanks them)
+    # the environment adds secrets and nothing else: no variable of the image
+    # or the Deployment hides a ConfigMap value
     assert changed <= secrets, sorted(changed - secrets)
     refs = secret_refs(container())
     for name, ref in refs.items():
@@ -352,24 +352,22 @@ def test_configmap_loads_with_the_servers_loader(tmp_path: Path) -> None:
 def test_env_names_are_the_servers() -> None:
     env = container().get("env", [])
     assert len({e["name"] for e in env}) == len(env), "an env name appears twice"
-    image = image_env()
+    # The ConfigMap is the one place for every setting but secrets: environment
+    # variables beat the file, so neither the image (Dockerfile ENV) nor the
+    # Deployment may set a configuration variable that is not a secret (nor
+    # blank one: there is nothing to unset).
+    image = set(image_env()) & set(ENV_VARS)
+    assert not image, f"the image's ENV sets {sorted(image)}, which would hide the ConfigMap"
     for item in env:
         name = item["name"]
         assert name in ENV_VARS or name == CONFIG_PATH_ENV, f"aiosrv does not read {name}"
         if name == CONFIG_PATH_ENV:
+            assert item.get("value"), item
             continue
         spec = FIELDS_BY_PATH[ENV_VARS[name]]
-        if spec.secret:
-            assert "secretKeyRef" in item.get("valueFrom", {}), f"{name}: a secret needs a Secret"
-        else:
-            assert "value" in item, name
-        if item.get("value") == "":
-            # a blank only to unset what the image sets
-            assert name in image, f"{name} is blanked but the image does not set it"
-    # every configuration variable the image sets is blanked or set here
-    for name in image:
-        if name in ENV_VARS:
-            assert name in {e["name"] for e in env}, f"the image's {name} would hide the ConfigMap"
+        assert spec.secret, f"{name} is not a secret: set {spec.path} in the ConfigMap"
+        assert "secretKeyRef" in item.get("valueFrom", {}), f"{name}: a secret needs a Secret"
+        assert "value" not in item, name
 
 
 def test_config_mounted_where_aiosrv_config_points() -> None:
