@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "health",
         help="ask the local server's /health (the container healthcheck)",
         description="GET /health of the server configured as for serve (the file, the "
-        "environment, these flags: its api.port, on loopback; https when security.ssl_certfile "
-        "is set), or of --url. Prints the status and, when unhealthy, why. Exit status 0 when "
-        "healthy, 1 when not or when nothing answers, 2 on a configuration problem.",
+        "environment, these flags: its api.port at its api.host, loopback for 0.0.0.0 or ::; "
+        "https when security.ssl_certfile is set), or of --url. Prints the status and, when "
+        "unhealthy, why. Exit status 0 when healthy, 1 when not or when nothing answers, 2 on "
+        "a configuration problem.",
     )
     h.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
     h.add_argument("--url", help="the API's base URL or its /health, instead of the config's")
