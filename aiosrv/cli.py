@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 EPILOG = """\
 configuration is read from defaults, then the YAML file (--config, else
@@ -150,16 +153,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from .config import ConfigError, load_config
-
     url = args.url
     if url is None:
-        try:
-            config = load_config(args.config, None, overrides_from(args))
-        except ConfigError as exc:
-            print("aiosrv: invalid configuration:", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
+        config = load_or_report(args.config, overrides_from(args))
+        if config is None:
             return 2
         if config.api.port == 0:
             print("aiosrv health: api.port is 0 (chosen at start): give --url", file=sys.stderr)
@@ -214,11 +211,24 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def load_or_report(path: str | None, overrides: dict[str, Any]) -> Config | None:
+    """The configuration as serve loads it (file, environment, ``overrides``),
+    or None after printing every problem to standard error."""
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path, None, overrides)
+    except ConfigError as exc:
+        print("aiosrv: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
 def cmd_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``argv``: the command line after ``aiosrv`` (what each worker runs)."""
     import os
 
-    from .config import ConfigError, load_config
     from .identity import from_env
 
     overrides = overrides_from(args)
@@ -227,12 +237,8 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"aiosrv: {exc} (it is set by the supervisor for its workers)", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config, None, overrides)
-    except ConfigError as exc:
-        print("aiosrv: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = load_or_report(args.config, overrides)
+    if config is None:
         return 2
     if config.process.workers > 1 and not identity.supervised:
         from .workers import supervise
@@ -259,15 +265,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
     from .doctor import evaluate, read_host
 
-    try:
-        config = load_config(args.config, None, overrides_from(args))
-    except ConfigError as exc:
-        print("aiosrv: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = load_or_report(args.config, overrides_from(args))
+    if config is None:
         return 2
     max_connections = config.websocket.max_connections
     checks = evaluate(read_host(), max_connections)
