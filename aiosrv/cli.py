@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def health_url(config: Any) -> str:
+def health_url(config: Config) -> str:
     """Where the server configured by ``config`` answers /health on this host."""
     host = config.api.host
     if host in ("", "0.0.0.0"):

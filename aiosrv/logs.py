@@ -82,6 +82,8 @@ def setup_logging(level: str, file: str | None = None) -> None:
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(fmt)
     logger.addHandler(stderr)
+    logger.setLevel(level.upper())
+    logger.propagate = False
     if file:
         directory = os.path.dirname(file)
         try:
@@ -89,8 +91,6 @@ def setup_logging(level: str, file: str | None = None) -> None:
                 os.makedirs(directory, exist_ok=True)
             fh = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
         except OSError as exc:
-            logger.setLevel(level.upper())
-            logger.propagate = False
             reason = exc.strerror or str(exc)
             if isinstance(exc, FileExistsError):  # makedirs met a file on the way
                 reason = "Not a directory"
@@ -100,8 +100,6 @@ def setup_logging(level: str, file: str | None = None) -> None:
             ) from None
         fh.setFormatter(fmt)
         logger.addHandler(fh)
-    logger.setLevel(level.upper())
-    logger.propagate = False
     # aiohttp's access log is noisy at INFO under load; keep its errors
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for h in logger.handlers:

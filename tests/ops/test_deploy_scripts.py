@@ -32,6 +32,7 @@ from tests.serverproc import ServerProcess, start_server
 REPO = Path(__file__).resolve().parents[2]
 HEALTH = REPO / "deploy" / "health-check.sh"
 VERIFY = REPO / "deploy" / "verify.sh"
+DEPLOY = REPO / "deploy" / "deploy.sh"  # run by tests/ops/test_deploy.py
 
 
 def run(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -60,7 +61,7 @@ def test_scripts_pass_shellcheck() -> None:
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.fail("shellcheck is not installed: run `sh scripts/system-deps.sh` as root")
-    for script in (HEALTH, VERIFY):
+    for script in (HEALTH, VERIFY, DEPLOY):
         assert os.access(script, os.X_OK), script
         r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr

@@ -23,9 +23,7 @@ the time the pod gets after its preStop hook.
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -51,6 +49,7 @@ from aiosrv.config import (
     load_config,
 )
 from tests.cli.conftest import ClientWebSocket, ServerProcess, clean_env, free_ports
+from tests.ops.dockerfile import Instruction, env_pairs, exec_form, final_stage
 from tests.redis_support import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,56 +169,32 @@ def write_config(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- the image
 
 
-def dockerfile_stage() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile's last stage, continuation
-    lines joined and comments dropped."""
+def dockerfile_stage() -> list[Instruction]:
+    """The instructions of the Dockerfile's last stage (the image)."""
     if not DOCKERFILE.exists():
         pytest.fail(f"{DOCKERFILE} is missing: the Deployment runs the image built from it")
-    joined: list[str] = []
-    buf = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        joined.append(buf + line)
-        buf = ""
-    instructions = [
-        (parts[0].upper(), parts[1] if len(parts) > 1 else "")
-        for parts in (line.split(None, 1) for line in joined)
-    ]
-    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
-    return instructions[last_from:]
+    return final_stage(DOCKERFILE)
 
 
 def image_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for op, rest in dockerfile_stage():
-        if op != "ENV":
-            continue
-        words = shlex.split(rest)
-        if all("=" in w for w in words):
-            env.update(w.partition("=")[::2] for w in words)
-        else:  # ENV key value
-            env[words[0]] = " ".join(words[1:])
-    return env
+    return dict(pair for ins in dockerfile_stage() if ins.kind == "ENV" for pair in env_pairs(ins))
 
 
 def image_uid() -> int:
     stage = dockerfile_stage()
     args = {}
-    for op, rest in stage:
-        if op == "ARG" and "=" in rest:
-            k, v = rest.split("=", 1)
+    for ins in stage:
+        if ins.kind == "ARG" and "=" in ins.args:
+            k, v = ins.args.split("=", 1)
             args[k.strip()] = v.strip()
-    (user,) = [rest.split(":")[0].strip() for op, rest in stage if op == "USER"][-1:]
+    (user,) = [ins.args.split(":")[0].strip() for ins in stage if ins.kind == "USER"][-1:]
     if user.isdigit():
         return int(user)
-    for op, rest in stage:
-        if op == "RUN" and "useradd" in rest:
-            m = re.search(r"--uid\s+\"?\$?\{?(\w+)\}?\"?[^&;]*\s" + re.escape(user) + r"\b", rest)
+    for ins in stage:
+        if ins.kind == "RUN" and "useradd" in ins.args:
+            m = re.search(
+                r"--uid\s+\"?\$?\{?(\w+)\}?\"?[^&;]*\s" + re.escape(user) + r"\b", ins.args
+            )
             if m:
                 value = m.group(1)
                 return int(value if value.isdigit() else args[value])
@@ -228,8 +203,8 @@ def image_uid() -> int:
 
 def image_command() -> list[str]:
     stage = dockerfile_stage()
-    entry = [json.loads(rest) for op, rest in stage if op == "ENTRYPOINT"][-1:]
-    cmd = [json.loads(rest) for op, rest in stage if op == "CMD"][-1:]
+    entry = [exec_form(ins.args) for ins in stage if ins.kind == "ENTRYPOINT"][-1:]
+    cmd = [exec_form(ins.args) for ins in stage if ins.kind == "CMD"][-1:]
     return [*(entry[0] if entry else []), *(cmd[0] if cmd else [])]
 
 
@@ -452,7 +427,7 @@ def test_pod_security_matches_the_image(tmp_path: Path) -> None:
     # writable: /tmp and the log directory, as emptyDirs
     volumes = {v["name"]: v for v in spec["volumes"]}
     writable = {m["mountPath"] for m in c["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
-    workdir = [rest for op, rest in dockerfile_stage() if op == "WORKDIR"][-1]
+    workdir = [ins.args for ins in dockerfile_stage() if ins.kind == "WORKDIR"][-1]
     assert {"/tmp", f"{workdir}/logs"} <= writable, writable
     if cfg.logging.file is not None:
         log = (

@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -64,6 +63,7 @@ import pytest
 
 from tests.certs import client_context, make_cert
 from tests.cli.conftest import free_ports
+from tests.ops.tools import system_program
 from tests.serverproc import ServerProcess, start_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,22 +87,12 @@ FORGED = "203.0.113.9"
 TIMEOUT_LINES = ("        proxy_read_timeout 3600s;\n", "        proxy_send_timeout 3600s;\n")
 
 
-def program(name: str, *extra: str) -> str:
-    exe = shutil.which(name) or next((p for p in extra if os.access(p, os.X_OK)), None)
-    if exe is None:
-        pytest.fail(
-            f"{name} is not installed: run `make system-deps` "
-            f"(scripts/system-deps.sh installs Debian's {name} package)"
-        )
-    return exe
-
-
 def caddy() -> str:
-    return program("caddy")
+    return system_program("caddy")
 
 
 def nginx() -> str:
-    return program("nginx", "/usr/sbin/nginx")
+    return system_program("nginx")
 
 
 def replace_once(text: str, old: str, new: str, where: str) -> str:
